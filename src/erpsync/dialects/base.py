@@ -1,0 +1,109 @@
+"""The interface every engine implements, with the behaviour they share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+from sqlalchemy import Connection, Engine, Table, create_engine
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+
+from erpsync.errors import DatabaseError, ErpSyncError
+
+
+class Dialect:
+    """One database engine: URL handling, connection setup, bulk paths and error wording."""
+
+    name: ClassVar[str]
+    label: ClassVar[str]
+    backends: ClassVar[tuple[str, ...]]
+    driver: ClassVar[str]
+    is_server: ClassVar[bool] = True
+
+    def normalize_url(self, url: URL) -> URL:
+        """The URL with erpsync's driver and options (``mysql://`` → ``mysql+pymysql://``)."""
+        return url.set(drivername=self.driver)
+
+    def engine_options(self) -> dict[str, Any]:
+        """Extra keyword arguments for ``create_engine``."""
+        return {}
+
+    def create_engine(self, url: URL) -> Engine:
+        """An engine for ``url`` with the per-connection setup this engine needs."""
+        return create_engine(url, **self.engine_options())
+
+    def fold(self, name: str) -> str:
+        """How the engine stores an unquoted identifier (PostgreSQL lowers it)."""
+        return name
+
+    def table_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``sqlalchemy.Table`` (storage engine, charset)."""
+        return {}
+
+    def bulk_insert(
+        self, conn: Connection, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> int:
+        """Insert ``rows`` (tuples in the order of the column keys ``columns``) the fastest way.
+
+        The default is the DB-API ``executemany``; returns the number of rows.
+        """
+        batch = list(rows)
+        if not batch:
+            return 0
+        marks = ", ".join([self.paramstyle_mark] * len(columns))
+        sql = f"INSERT INTO {column_list(conn, table, columns)} VALUES ({marks})"
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(sql, batch)
+        finally:
+            cursor.close()
+        return len(batch)
+
+    paramstyle_mark: ClassVar[str] = "%s"
+
+    def after_explicit_ids(self, conn: Connection, table: Table) -> None:
+        """Make the next generated id follow rows inserted with explicit ids."""
+
+    def translate_error(self, exc: DBAPIError, url: URL) -> ErpSyncError:
+        """A one-line, user-facing error for a driver error."""
+        return DatabaseError(
+            "{engine} error: {reason}",
+            engine=self.label,
+            reason=first_line(exc.orig),
+        )
+
+    # -- server-side databases (unused by SQLite) ------------------------------------------
+
+    def address(self, url: URL) -> str:
+        """Where the server is, for messages: ``host:port``."""
+        return f"{url.host or 'localhost'}:{url.port or self.default_port}"
+
+    default_port: ClassVar[int] = 0
+
+    def create_database(self, conn: Connection, name: str) -> None:
+        """Create the database ``name`` on the server ``conn`` is connected to."""
+        conn.exec_driver_sql(f"CREATE DATABASE {conn.dialect.identifier_preparer.quote(name)}")
+
+    def drop_database(self, conn: Connection, name: str) -> None:
+        """Drop the database ``name`` if it exists."""
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {conn.dialect.identifier_preparer.quote(name)}")
+
+    def maintenance_url(self, url: URL) -> URL:
+        """A URL on the same server that does not need ``url``'s database to exist."""
+        return URL.create(url.drivername, url.username, url.password, url.host, url.port, query=url.query)
+
+
+def column_list(conn: Connection, table: Table, keys: Sequence[str]) -> str:
+    """``table (col, …)`` quoted for ``conn``, from column keys (the spec's spelling)."""
+    quote = conn.dialect.identifier_preparer.quote
+    return f"{quote(table.name)} ({', '.join(quote(table.c[key].name) for key in keys)})"
+
+
+def first_line(error: object) -> str:
+    """The first line of a driver message, without the driver's decorations."""
+    if isinstance(error, BaseException) and error.args and isinstance(error.args[-1], str):
+        text = error.args[-1]
+    else:
+        text = str(error)
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__

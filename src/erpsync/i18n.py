@@ -1,0 +1,105 @@
+"""French and English messages for the CLI and the library's errors.
+
+English strings are the message ids (as with gettext): code writes
+``tr("Database {name} created.", name="erp")`` and gets French when the language is French.
+The language comes from ``set_language`` (the CLI's ``--lang``) or from the
+``LANG`` / ``LC_ALL`` environment variables, as users on Windows and Linux
+expect.
+"""
+
+from __future__ import annotations
+
+import os
+
+_language: str | None = None
+
+FRENCH: dict[str, str] = {
+    # CLI frame
+    "Error: {message}": "Erreur : {message}",
+    "Try: {hint}": "Essayez : {hint}",
+    "Interrupted.": "Interrompu.",
+    # database opening
+    "{url} is not a database URL or a file path: {reason}": "{url} n'est ni une URL de base de données ni un chemin de fichier : {reason}",
+    "write sqlite:///path/to/file.db, a plain file path, mysql+pymysql://user:password@host/db "
+    "or postgresql+psycopg://user@host/db": "écrivez sqlite:///chemin/vers/fichier.db, un simple chemin de fichier, "
+    "mysql+pymysql://utilisateur:motdepasse@hôte/base ou postgresql+psycopg://utilisateur@hôte/base",
+    "erpsync does not support {scheme} databases": "erpsync ne prend pas en charge les bases {scheme}",
+    "use SQLite, MariaDB (mysql+pymysql://…) or PostgreSQL (postgresql+psycopg://…)": "utilisez SQLite, MariaDB (mysql+pymysql://…) ou PostgreSQL (postgresql+psycopg://…)",
+    "the URL names no database": "l'URL ne nomme aucune base",
+    "add the database name at the end of the URL, e.g. {example}": "ajoutez le nom de la base à la fin de l'URL, par exemple {example}",
+    "SQLite database file {path} does not exist": "le fichier de base SQLite {path} n'existe pas",
+    "check the path, or create the database with: erpsync db init {path}": "vérifiez le chemin, ou créez la base avec : erpsync db init {path}",
+    "folder {path} does not exist": "le dossier {path} n'existe pas",
+    "create the folder first, or choose another path": "créez d'abord le dossier, ou choisissez un autre chemin",
+    "cannot open SQLite database {path}: {reason}": "impossible d'ouvrir la base SQLite {path} : {reason}",
+    "check that the file is a SQLite database and that you may read and write it": "vérifiez que le fichier est une base SQLite et que vous pouvez le lire et l'écrire",
+    "cannot reach the {engine} server at {address}: {reason}": "impossible de joindre le serveur {engine} à {address} : {reason}",
+    "check the host and port, and that the server is running": "vérifiez l'hôte et le port, et que le serveur est démarré",
+    "{engine} refused the login of user {user}: {reason}": "{engine} a refusé la connexion de l'utilisateur {user} : {reason}",
+    "check the user name and password in the URL": "vérifiez le nom d'utilisateur et le mot de passe dans l'URL",
+    "database {name} does not exist on the {engine} server at {address}": "la base {name} n'existe pas sur le serveur {engine} à {address}",
+    "check the name, or create it with: erpsync db init {url} --create-database": "vérifiez le nom, ou créez-la avec : erpsync db init {url} --create-database",
+    "{engine} error: {reason}": "erreur {engine} : {reason}",
+    "run again with --debug to see the SQL and the traceback": "relancez avec --debug pour voir le SQL et la trace",
+    "the driver for {engine} is not installed ({reason})": "le pilote pour {engine} n'est pas installé ({reason})",
+    "reinstall erpsync: pip install --force-reinstall erpsync": "réinstallez erpsync : pip install --force-reinstall erpsync",
+    # schema
+    "the database already holds {tables} with another shape: {differences}": "la base contient déjà {tables} sous une autre forme : {differences}",
+    "use an empty database, or rename or drop these tables; nothing was changed": "utilisez une base vide, ou renommez ou supprimez ces tables ; rien n'a été modifié",
+    "the ERP schema is missing tables: {tables}": "il manque des tables au schéma ERP : {tables}",
+    "create them with: erpsync db init {url}": "créez-les avec : erpsync db init {url}",
+    "{table}: missing column {column}": "{table} : colonne {column} manquante",
+    "{table}: unexpected column {column}": "{table} : colonne {column} inattendue",
+    "{table}.{column} is {actual}, expected {expected}": "{table}.{column} est {actual}, attendu {expected}",
+    "{table}.{column} may be NULL, expected NOT NULL": "{table}.{column} accepte NULL, attendu NOT NULL",
+    "{table}.{column} is NOT NULL, expected NULL allowed": "{table}.{column} est NOT NULL, attendu NULL permis",
+    "{table}: primary key is ({actual}), expected ({expected})": "{table} : la clé primaire est ({actual}), attendu ({expected})",
+    # fill
+    "--scale must be 0 or more, not {scale}": "--scale doit valoir 0 ou plus, pas {scale}",
+    "--big-project must be 0 or more, not {lines}": "--big-project doit valoir 0 ou plus, pas {lines}",
+    "give a whole number, e.g. --scale 1": "donnez un nombre entier, par exemple --scale 1",
+    # CLI output
+    "Schema created on {db}: {tables}.": "Schéma créé sur {db} : {tables}.",
+    "Schema already in place on {db}; nothing to do.": "Schéma déjà en place sur {db} ; rien à faire.",
+    "Created missing tables on {db}: {tables}.": "Tables manquantes créées sur {db} : {tables}.",
+    "Database {name} created.": "Base {name} créée.",
+    "Filled {db} in {seconds:.1f} s.": "{db} rempli en {seconds:.1f} s.",
+    "Contents of {db}": "Contenu de {db}",
+    "Table": "Table",
+    "Rows": "Lignes",
+    "Total excl. tax (sum of MontantHT)": "Total HT (somme des MontantHT)",
+    "Connected to {engine} {version} at {db}.": "Connecté à {engine} {version} sur {db}.",
+    "Foreign keys: {n} broken references.": "Clés étrangères : {n} références cassées.",
+    "Checks of {db}": "Contrôles de {db}",
+    "Check": "Contrôle",
+    "Problems": "Problèmes",
+    "Result": "Résultat",
+    "ok": "ok",
+    "FAILED": "ÉCHEC",
+    "{n} problems found in {db}.": "{n} problèmes trouvés dans {db}.",
+    "look at the failed checks above": "regardez les contrôles en échec ci-dessus",
+    "Inserting": "Insertion",
+}
+
+
+def set_language(lang: str | None) -> None:
+    """Choose the language of messages ('fr' or 'en'); None means from the environment."""
+    global _language
+    _language = None if lang is None else lang.lower()[:2]
+
+
+def language() -> str:
+    """The language in force: the one set, else the one of LC_ALL/LANG, else English."""
+    if _language:
+        return _language
+    for var in ("LC_ALL", "LC_MESSAGES", "LANG", "LANGUAGE"):
+        value = os.environ.get(var, "")
+        if value:
+            return "fr" if value.lower().startswith("fr") else "en"
+    return "en"
+
+
+def tr(message: str, /, **params: object) -> str:
+    """The message in the current language, with its ``{placeholders}`` filled in."""
+    template = FRENCH.get(message, message) if language() == "fr" else message
+    return template.format(**params) if params else template

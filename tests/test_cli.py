@@ -1,0 +1,101 @@
+"""The command line as a user sees it: exact messages, exit codes, languages, --debug."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from erpsync.cli import cli
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_init_fill_summary_on_a_new_sqlite_file(tmp_path: Path) -> None:
+    db = str(tmp_path / "demo.sqlite")
+    code, out, _ = run("--lang", "en", "db", "init", db)
+    assert code == 0
+    assert out == (
+        f"Schema created on {db}: tb_Utilisateur, tb_Projet, tb_Version, tb_Client, "
+        "tb_Commande, tb_LigneCommande, tb_Logs, tb_Numerotation.\n"
+    )
+    code, out, _ = run("--lang", "en", "db", "init", db)
+    assert (code, out) == (0, f"Schema already in place on {db}; nothing to do.\n")
+    code, out, _ = run("--lang", "en", "db", "fill", db, "--scale", "1", "--seed", "1")
+    assert code == 0
+    assert f"Contents of {db}" in out
+    assert "tb_LigneCommande" in out and "Total excl. tax (sum of MontantHT)" in out
+    code, out, _ = run("--lang", "fr", "db", "summary", db)
+    assert code == 0 and f"Contenu de {db}" in out and "Total HT (somme des MontantHT)" in out
+
+
+def test_error_is_one_line_with_a_hint_and_exit_1(tmp_path: Path) -> None:
+    db = str(tmp_path / "absent.sqlite")
+    code, out, err = run("--lang", "en", "db", "summary", db)
+    assert code == 1 and out == ""
+    assert err == (
+        f"Error: SQLite database file {db} does not exist\n"
+        f"Try: check the path, or create the database with: erpsync db init {db}\n"
+    )
+    code, _, err = run("--lang", "fr", "db", "summary", db)
+    assert err.startswith(f"Erreur : le fichier de base SQLite {db} n'existe pas\nEssayez : ")
+
+
+def test_language_comes_from_lang_variable(tmp_path: Path, monkeypatch: object) -> None:
+    db = str(tmp_path / "absent.sqlite")
+    result = CliRunner(env={"LANG": "fr_FR.UTF-8", "LC_ALL": ""}).invoke(cli, ["db", "summary", db])
+    assert result.stderr.startswith("Erreur : ")
+
+
+def test_schema_mismatch_from_the_cli(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "other.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE tb_Projet (id INTEGER PRIMARY KEY, Titre TEXT)")
+    code, _, err = run("--lang", "en", "db", "init", str(db))
+    assert code == 1
+    first, second = err.splitlines()
+    assert first.startswith("Error: the database already holds tb_Projet with another shape: ")
+    assert "tb_Projet: missing column NumProjet" in first
+    assert second == "Try: use an empty database, or rename or drop these tables; nothing was changed"
+    with sqlite3.connect(db) as conn:
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")] == [
+            "tb_Projet"
+        ]
+
+
+def test_debug_shows_sql_and_traceback(tmp_path: Path) -> None:
+    db = str(tmp_path / "demo.sqlite")
+    run("db", "init", db)
+    code, _, err = run("--debug", "db", "summary", db)
+    assert code == 0
+    assert "SQL: SELECT count(*)" in err
+    code, _, err = run("--debug", "--lang", "en", "db", "fill", db, "--scale", "-1")
+    assert code == 1
+    assert "Traceback" in err and "Error: --scale must be 0 or more, not -1" in err
+
+
+def test_bad_option_value_is_a_usage_error() -> None:
+    code, _, err = run("db", "fill", "x.sqlite", "--scale", "lots")
+    assert code == 2 and "'lots' is not a valid integer" in err
+
+
+def test_every_command_has_help() -> None:
+    code, out, _ = run("--help")
+    assert code == 0 and "db" in out
+    for command in ("init", "fill", "summary"):
+        code, out, _ = run("db", command, "--help")
+        assert code == 0 and "DB" in out
+
+
+def test_the_installed_command_runs(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "erpsync", "--version"], capture_output=True, text=True, check=True
+    )
+    assert result.stdout == "erpsync 0.1.0\n"

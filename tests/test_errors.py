@@ -1,0 +1,123 @@
+"""Bad input: a clear one-line error with a hint, and nothing written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from erpsync import i18n
+from erpsync.db import create_server_database, open_database
+from erpsync.errors import (
+    AuthenticationFailed,
+    BadUrl,
+    ConnectionFailed,
+    DatabaseError,
+    DatabaseNotFound,
+    ErpSyncError,
+    UnsupportedEngine,
+)
+from tests.conftest import drop_database, fresh_database, server_url
+
+SOURCE = Path(__file__).resolve().parents[1] / "src" / "erpsync"
+
+
+def one_line(error: ErpSyncError) -> None:
+    assert error.message and "\n" not in error.message
+    assert error.hint and "\n" not in error.hint
+
+
+@pytest.mark.parametrize("target", ["", "mysql+pymysql://root@127.0.0.1:abc/x", "://nothing"])
+def test_malformed_urls(target: str) -> None:
+    with pytest.raises(BadUrl) as caught:
+        open_database(target)
+    one_line(caught.value)
+
+
+def test_unsupported_engine() -> None:
+    with pytest.raises(UnsupportedEngine, match="oracle"):
+        open_database("oracle://scott:tiger@127.0.0.1/orcl")
+
+
+@pytest.mark.parametrize("engine", ["mariadb", "postgresql"])
+def test_server_url_without_database(engine: str) -> None:
+    with pytest.raises(BadUrl, match="names no database") as caught:
+        open_database(server_url(engine))
+    one_line(caught.value)
+
+
+def test_missing_sqlite_file_is_not_created(tmp_path: Path) -> None:
+    target = tmp_path / "absent.sqlite"
+    with pytest.raises(DatabaseNotFound) as caught:
+        open_database(target)
+    assert "erpsync db init" in caught.value.hint
+    assert not target.exists()
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseNotFound, match="folder"):
+        open_database(tmp_path / "no" / "such" / "erp.sqlite", create=True)
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_file_that_is_not_sqlite(tmp_path: Path) -> None:
+    target = tmp_path / "notes.txt"
+    target.write_text("not a database, just some notes\n" * 100)
+    before = target.read_bytes()
+    with pytest.raises(DatabaseError, match="not a database") as caught:
+        open_database(target)
+    one_line(caught.value)
+    assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize("engine", ["mariadb", "postgresql"])
+def test_unreachable_server(engine: str) -> None:
+    url = server_url(engine).set(host="127.0.0.1", port=1, database="erp")
+    with pytest.raises(ConnectionFailed, match=re.escape("127.0.0.1:1")) as caught:
+        open_database(url)
+    one_line(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("engine", "change", "who"),
+    [
+        ("mariadb", {"password": "definitely-wrong"}, "root"),
+        # The local PostgreSQL trusts every login, so a wrong password cannot fail: a wrong user can.
+        ("postgresql", {"username": "nobody_here"}, "nobody_here"),
+    ],
+)
+def test_wrong_login(engine: str, change: dict[str, str], who: str, tmp_path: Path) -> None:
+    with fresh_database(engine, tmp_path) as url:
+        with pytest.raises(AuthenticationFailed, match=who) as caught:
+            open_database(make_url(url).set(**change))
+        one_line(caught.value)
+
+
+@pytest.mark.parametrize("engine", ["mariadb", "postgresql"])
+def test_unknown_database_is_named_and_can_be_created(engine: str, tmp_path: Path) -> None:
+    with fresh_database(engine, tmp_path) as url:
+        missing = make_url(url).set(database=f"{make_url(url).database}_absent")
+        with pytest.raises(DatabaseNotFound, match=str(missing.database)) as caught:
+            open_database(missing)
+        assert "--create-database" in caught.value.hint
+        try:
+            assert create_server_database(missing) is True
+            assert create_server_database(missing) is False
+            open_database(missing).close()
+        finally:
+            drop_database(missing)
+
+
+def test_every_message_has_a_french_translation() -> None:
+    """Message ids passed to tr() or to an error are all in the French catalogue."""
+    pattern = re.compile(r'(?:\btr|[A-Z][A-Za-z]+)\(\s*\n?\s*"([^"]+)"')
+    ids = set()
+    for path in SOURCE.rglob("*.py"):
+        for found in pattern.findall(path.read_text(encoding="utf-8")):
+            if " " in found and found[0].isalpha() and "%(" not in found:
+                ids.add(found)
+    ids = {i for i in ids if not i.startswith(("SELECT", "INSERT", "COPY", "DROP", "CREATE"))}
+    missing = sorted(i for i in ids if i not in i18n.FRENCH)
+    assert missing == []
