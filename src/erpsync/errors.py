@@ -69,3 +69,11 @@ class SchemaMissing(ErpSyncError):
 
 class InvalidArgument(ErpSyncError):
     """A value given by the user is out of range or malformed."""
+
+
+class NotFound(ErpSyncError):
+    """A row, run or table named by the user does not exist."""
+
+
+class ChangedSinceRun(ErpSyncError):
+    """Rows a duplication run created were edited, added to or deleted since."""

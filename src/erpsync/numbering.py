@@ -1,18 +1,25 @@
 """Business numbers (NumProjet, client Code, NumCommande) from atomic per-type counters.
 
 The spec's SP_GenererNumero: one counter row per number type and year in
-``tb_Numerotation``, advanced by an UPDATE inside the caller's transaction, so
-two transactions never draw the same number (the second waits on the row lock).
+``tb_Numerotation``, advanced by an UPDATE, so two transactions never draw the
+same number (the second waits on the row lock until the first ends). Like the
+procedure's ``p_InTransaction`` flag, ``generate`` runs inside the caller's
+transaction when given a connection, or in a transaction of its own when given
+a database.
 """
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
+from datetime import date
 
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from erpsync.schema import ErpTables
+from erpsync.db import Database
+from erpsync.errors import InvalidArgument
+from erpsync.schema import ErpTables, erp_tables
 
 PROJET = "PROJET"
 CLIENT = "CLIENT"
@@ -21,9 +28,22 @@ COMMANDE = "COMMANDE"
 
 @dataclass(frozen=True)
 class NumberFormat:
-    """How a number type is written: ``template`` gets ``n`` and ``annee`` (year)."""
+    """How a number type is written: ``template`` has one ``{n}`` (e.g. ``{n:05d}``) and may
+    show the year as ``{annee}``; ``PRJ-{annee}-{n:05d}`` gives ``PRJ-2026-00001``."""
 
     template: str
+
+    def __post_init__(self) -> None:
+        fields = [(name, spec) for _, name, spec, _ in string.Formatter().parse(self.template) if name]
+        names = [name for name, _ in fields]
+        specs = dict(fields)
+        if names.count("n") != 1 or set(names) - {"n", "annee"} or not _valid_spec(specs["n"] or ""):
+            raise InvalidArgument(
+                "number format {template!r} must contain {{n}} once (e.g. {{n:05d}}) and may contain "
+                "{{annee}}",
+                "write a format such as PRJ-{{annee}}-{{n:05d}} or CLI-{{n:03d}}",
+                template=self.template,
+            )
 
     @property
     def yearly(self) -> bool:
@@ -34,6 +54,26 @@ class NumberFormat:
         """The business number for counter value ``n`` in ``year``."""
         return self.template.format(n=n, annee=year)
 
+    def sql_parts(self, year: int) -> tuple[str, int, str]:
+        """(text before n, zero-padded width of n, text after n) for building numbers in SQL."""
+        prefix, suffix, width = "", "", 0
+        seen_n = False
+        for literal, name, spec, _ in string.Formatter().parse(self.template):
+            piece = literal + (format(year, spec or "") if name == "annee" else "")
+            if seen_n:
+                suffix += piece
+            elif name == "n":
+                prefix += literal
+                width = int(spec.rstrip("d").lstrip("0") or "0") if spec else 0
+                seen_n = True
+            else:
+                prefix += piece
+        return prefix, width, suffix
+
+
+def _valid_spec(spec: str) -> bool:
+    return spec == "" or (spec.endswith("d") and spec[:-1].isdigit())
+
 
 DEFAULT_FORMATS: dict[str, NumberFormat] = {
     PROJET: NumberFormat("PRJ-{annee}-{n:05d}"),
@@ -42,11 +82,16 @@ DEFAULT_FORMATS: dict[str, NumberFormat] = {
 }
 
 
+def series_year(fmt: NumberFormat, year: int) -> int:
+    """The counter row a number of ``year`` is drawn from: the year, or 0 for a series without one."""
+    return year if fmt.yearly else 0
+
+
 def reserve(conn: Connection, schema: ErpTables, kind: str, year: int, count: int = 1) -> int:
     """Advance the ``kind`` counter of ``year`` by ``count``; return the first number drawn.
 
-    Runs in the caller's transaction ("already inside a transaction" mode): the
-    counter row stays locked until it commits, and rolls back with it.
+    Runs in the caller's transaction: the counter row stays locked until it
+    commits, and rolls back with it.
     """
     counters = schema["tb_Numerotation"]
     key = (counters.c.TypeNumero == kind) & (counters.c.Annee == year)
@@ -59,3 +104,30 @@ def reserve(conn: Connection, schema: ErpTables, kind: str, year: int, count: in
             conn.execute(bump)
     last = conn.execute(select(counters.c.DernierNumero).where(key)).scalar_one()
     return int(last) - count + 1
+
+
+def peek(conn: Connection, schema: ErpTables, kind: str, year: int) -> int:
+    """The next number ``reserve`` would draw, without drawing it (for dry runs)."""
+    counters = schema["tb_Numerotation"]
+    key = (counters.c.TypeNumero == kind) & (counters.c.Annee == year)
+    last = conn.execute(select(counters.c.DernierNumero).where(key)).scalar()
+    return int(last or 0) + 1
+
+
+def generate(
+    target: Database | Connection, kind: str, *, fmt: NumberFormat | None = None, on: date | None = None
+) -> str:
+    """Draw one business number of ``kind`` (SP_GenererNumero).
+
+    Given a ``Connection``, it runs inside the caller's transaction (the spec's
+    ``p_InTransaction = 1``); given a ``Database``, in a transaction of its own (``0``).
+    """
+    fmt = fmt or DEFAULT_FORMATS[kind]
+    year = (on or date.today()).year
+    if isinstance(target, Database):
+        with target.begin() as conn:
+            return generate(conn, kind, fmt=fmt, on=on)
+    from erpsync.dialects import dialect_for
+
+    schema = erp_tables(dialect_for(target.engine.url))
+    return fmt.render(reserve(target, schema, kind, series_year(fmt, year)), year)

@@ -15,6 +15,7 @@ import click
 
 from erpsync import __version__
 from erpsync.cli import db as db_commands
+from erpsync.cli.duplicate import duplicate_group
 from erpsync.cli.output import err_console
 from erpsync.errors import ErpSyncError
 from erpsync.i18n import set_language, tr
@@ -68,6 +69,7 @@ def cli(ctx: click.Context, debug: bool, lang: str | None) -> None:
 
 
 cli.add_command(db_commands.db)
+cli.add_command(duplicate_group, name="duplicate")
 
 
 def main() -> None:

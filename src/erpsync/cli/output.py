@@ -24,15 +24,21 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @contextmanager
-def progress_bar() -> Iterator[ProgressCallback]:
-    """A Rich progress display fed by the library's ``progress(label, done, total)`` calls."""
+def progress_bar(transient: bool = True) -> Iterator[ProgressCallback]:
+    """A Rich progress display fed by the library's ``progress(label, done, total)`` calls.
+
+    Silent when stderr is not a terminal (a log file, a scheduled task).
+    """
+    if not err_console.is_terminal:
+        yield lambda label, done, total: None
+        return
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=err_console,
-        transient=True,
+        transient=transient,
     ) as bar:
         tasks: dict[str, TaskID] = {}
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
-from sqlalchemy import Connection, Engine, Table, create_engine
+from sqlalchemy import Column, Connection, Engine, String, Table, cast, create_engine, func, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.elements import ColumnElement
 
 from erpsync.errors import DatabaseError, ErpSyncError
 
@@ -65,6 +66,23 @@ class Dialect:
     def after_explicit_ids(self, conn: Connection, table: Table) -> None:
         """Make the next generated id follow rows inserted with explicit ids."""
 
+    def reserve_ids(self, conn: Connection, table: Table) -> int:
+        """The largest id in use in ``table``, with new inserts by others held off until commit.
+
+        The caller then inserts ids ``max + 1 …`` itself. On SQLite the
+        transaction already holds the database's write lock once it has written.
+        """
+        pk = single_pk(table)
+        return int(conn.execute(select(func.coalesce(func.max(pk), 0))).scalar_one())
+
+    def zero_pad(self, number: ColumnElement[Any], width: int) -> ColumnElement[str]:
+        """``number`` as text, left-padded with zeros to ``width`` digits (never truncated)."""
+        text_ = cast(number, String)
+        return func.lpad(text_, func.greatest(width, func.length(text_)), "0", type_=String)
+
+    def analyze(self, conn: Connection, table: Table) -> None:
+        """Refresh the planner's statistics of a table that just grew a lot."""
+
     def translate_error(self, exc: DBAPIError, url: URL) -> ErpSyncError:
         """A one-line, user-facing error for a driver error."""
         return DatabaseError(
@@ -92,6 +110,12 @@ class Dialect:
     def maintenance_url(self, url: URL) -> URL:
         """A URL on the same server that does not need ``url``'s database to exist."""
         return URL.create(url.drivername, url.username, url.password, url.host, url.port, query=url.query)
+
+
+def single_pk(table: Table) -> Column[Any]:
+    """The one primary-key column of ``table``."""
+    (column,) = table.primary_key.columns
+    return column
 
 
 def column_list(conn: Connection, table: Table, keys: Sequence[str]) -> str:

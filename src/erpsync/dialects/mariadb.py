@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import Connection, String, Table, cast, func, select
+from sqlalchemy.dialects.mysql import CHAR
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.elements import ColumnElement
 
-from erpsync.dialects.base import Dialect, first_line
+from erpsync.dialects.base import Dialect, first_line, single_pk
 from erpsync.errors import (
     AuthenticationFailed,
     ConnectionFailed,
@@ -39,6 +42,16 @@ class MariaDB(Dialect):
             "mysql_charset": "utf8mb4",
             "mysql_collate": "utf8mb4_unicode_ci",
         }
+
+    def reserve_ids(self, conn: Connection, table: Table) -> int:
+        """Lock the last index record and the gap above it: others' inserts wait for our commit."""
+        pk = single_pk(table)
+        last = conn.execute(select(pk).order_by(pk.desc()).limit(1).with_for_update()).scalar()
+        return int(last or 0)
+
+    def zero_pad(self, number: ColumnElement[Any], width: int) -> ColumnElement[str]:
+        text_ = cast(number, CHAR)
+        return func.lpad(text_, func.greatest(width, func.char_length(text_)), "0", type_=String)
 
     def translate_error(self, exc: DBAPIError, url: URL) -> ErpSyncError:
         code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None

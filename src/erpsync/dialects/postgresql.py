@@ -9,7 +9,7 @@ from sqlalchemy import Connection, Table
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from erpsync.dialects.base import Dialect, column_list
+from erpsync.dialects.base import Dialect, column_list, single_pk
 from erpsync.errors import (
     AuthenticationFailed,
     ConnectionFailed,
@@ -62,6 +62,22 @@ class PostgreSQL(Dialect):
                     f" false)",
                     {"t": quote(table.name), "c": column.name},
                 )
+
+    def reserve_ids(self, conn: Connection, table: Table) -> int:
+        """Block others' writes to ``table`` until commit; the high-water mark of ids and sequence."""
+        quote = conn.dialect.identifier_preparer.quote
+        pk = single_pk(table)
+        conn.exec_driver_sql(f"LOCK TABLE {quote(table.name)} IN EXCLUSIVE MODE")
+        row = conn.exec_driver_sql(
+            f"SELECT GREATEST(COALESCE(MAX({quote(pk.name)}), 0), "
+            f"COALESCE(pg_sequence_last_value(pg_get_serial_sequence(%(t)s, %(c)s)), 0)) "
+            f"FROM {quote(table.name)}",
+            {"t": quote(table.name), "c": pk.name},
+        ).scalar_one()
+        return int(row)
+
+    def analyze(self, conn: Connection, table: Table) -> None:
+        conn.exec_driver_sql(f"ANALYZE {conn.dialect.identifier_preparer.quote(table.name)}")
 
     def maintenance_url(self, url: URL) -> URL:
         return url.set(database="postgres")

@@ -6,9 +6,10 @@ import sqlite3
 from decimal import Decimal
 from typing import Any, ClassVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, String, create_engine, event, func
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.elements import ColumnElement
 
 from erpsync.dialects.base import Dialect, first_line
 from erpsync.errors import DatabaseError, ErpSyncError
@@ -48,6 +49,9 @@ class SQLite(Dialect):
             conn.exec_driver_sql("BEGIN")
 
         return engine
+
+    def zero_pad(self, number: ColumnElement[Any], width: int) -> ColumnElement[str]:
+        return func.printf(f"%0{width}d", number, type_=String)
 
     def translate_error(self, exc: DBAPIError, url: URL) -> ErpSyncError:
         reason = first_line(exc.orig)
