@@ -89,8 +89,16 @@ def test_bad_option_value_is_a_usage_error() -> None:
 def test_every_command_has_help() -> None:
     code, out, _ = run("--help")
     assert code == 0 and "db" in out
-    for command in ("init", "fill", "summary"):
-        code, out, _ = run("db", command, "--help")
+    for group, command in (
+        ("db", "init"),
+        ("db", "fill"),
+        ("db", "summary"),
+        ("duplicate", "copy"),
+        ("duplicate", "map"),
+        ("duplicate", "undo"),
+        ("duplicate", "runs"),
+    ):
+        code, out, _ = run(group, command, "--help")
         assert code == 0 and "DB" in out
 
 
@@ -99,3 +107,36 @@ def test_the_installed_command_runs(tmp_path: Path) -> None:
         [sys.executable, "-m", "erpsync", "--version"], capture_output=True, text=True, check=True
     )
     assert result.stdout == "erpsync 0.1.0\n"
+
+
+def test_duplicate_from_the_command_line(tmp_path: Path) -> None:
+    import json
+
+    db = str(tmp_path / "erp.sqlite")
+    run("db", "init", db)
+    run("db", "fill", db, "--scale", "1")
+    code, out, _ = run("--lang", "en", "duplicate", db, "client", "1", "--dry-run")
+    assert code == 0 and "Dry run: nothing was written." in out
+    code, out, _ = run("duplicate", db, "client", "1", "--user", "admin", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["run_id"] == 1 and result["rows"]["tb_Client"] == 1 and not result["dry_run"]
+    assert result["numbers"]["tb_Client"]["count"] == 1
+    code, out, _ = run("duplicate", "map", db, "1", "EqClient", "1")
+    assert (code, out) == (0, f"{result['new_id']}\n")
+    code, out, _ = run("--lang", "en", "duplicate", "runs", db)
+    assert code == 0 and "admin" in out and "done" in out
+    code, out, _ = run("--lang", "en", "duplicate", "undo", db, "1")
+    assert code == 0 and "Undo of run 1" in out
+    code, _, err = run("--lang", "en", "duplicate", db, "projet", "0")
+    assert code == 1
+    assert err == (
+        "Error: tb_Projet id 0 is not valid: ids are whole numbers from 1\n"
+        "Try: give the id of an existing tb_Projet row\n"
+    )
+    code, _, err = run("--lang", "fr", "duplicate", db, "version", "1", "--into", "999")
+    assert code == 1 and err.startswith("Erreur : --into 999 : aucune ligne de tb_Projet n'a l'id 999\n")
+    code, _, err = run("--lang", "en", "duplicate", db, "client", "1", "--edge", "tb_Commande")
+    assert code == 1 and "not of the form NAME=VALUE" in err
+    code, _, err = run("duplicate", db, "client", "1", "--format", "CLIENT=CLI-{x}")
+    assert code == 1 and "must contain {n} once" in err

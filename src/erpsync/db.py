@@ -7,18 +7,23 @@ file path, which means SQLite.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from os import PathLike, fspath
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from erpsync.dialects import Dialect, dialect_for
-from erpsync.errors import BadUrl, DatabaseNotFound
+from erpsync.errors import BadUrl, DatabaseNotFound, ErpSyncError
+
+T = TypeVar("T")
 
 URL_HINT = (
     "write sqlite:///path/to/file.db, a plain file path, mysql+pymysql://user:password@host/db "
@@ -102,6 +107,26 @@ class Database:
         """A connection in a transaction, committed if the block succeeds, else rolled back."""
         with self.translate_errors(), self.engine.begin() as conn:
             yield conn
+
+    def run_transaction(self, work: Callable[[Connection], T], attempts: int = 5) -> T:
+        """``work(conn)`` in a transaction, run again if the engine aborted it to break a deadlock.
+
+        InnoDB and PostgreSQL abort one of two transactions that wait on each
+        other and ask for it to be restarted; ``work`` must do nothing outside
+        the transaction, so running it again is safe.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.begin() as conn:
+                    return work(conn)
+            except ErpSyncError as exc:
+                cause = exc.__cause__
+                if attempt == attempts or not (
+                    isinstance(cause, DBAPIError) and self.dialect.is_retryable(cause)
+                ):
+                    raise
+                time.sleep(random.uniform(0.02, 0.1) * attempt)
+        raise AssertionError("unreachable")
 
     def server_version(self) -> str:
         """The engine's version string, e.g. ``10.11.6-MariaDB``."""

@@ -83,6 +83,10 @@ class Dialect:
     def analyze(self, conn: Connection, table: Table) -> None:
         """Refresh the planner's statistics of a table that just grew a lot."""
 
+    def is_retryable(self, exc: DBAPIError) -> bool:
+        """Whether the engine aborted the transaction to break a deadlock (run it again)."""
+        return False
+
     def translate_error(self, exc: DBAPIError, url: URL) -> ErpSyncError:
         """A one-line, user-facing error for a driver error."""
         return DatabaseError(

@@ -22,6 +22,7 @@ from erpsync.errors import (
 CANNOT_CONNECT = {2002, 2003, 2005, 2006, 2013}
 ACCESS_DENIED = {1044, 1045, 1698}
 UNKNOWN_DATABASE = 1049
+DEADLOCK = {1213, 1205}  # deadlock found; lock wait timeout exceeded
 
 
 class MariaDB(Dialect):
@@ -42,6 +43,9 @@ class MariaDB(Dialect):
             "mysql_charset": "utf8mb4",
             "mysql_collate": "utf8mb4_unicode_ci",
         }
+
+    def is_retryable(self, exc: DBAPIError) -> bool:
+        return bool(exc.orig is not None and exc.orig.args and exc.orig.args[0] in DEADLOCK)
 
     def reserve_ids(self, conn: Connection, table: Table) -> int:
         """Lock the last index record and the gap above it: others' inserts wait for our commit."""

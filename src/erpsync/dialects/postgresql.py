@@ -63,6 +63,9 @@ class PostgreSQL(Dialect):
                     {"t": quote(table.name), "c": column.name},
                 )
 
+    def is_retryable(self, exc: DBAPIError) -> bool:
+        return getattr(exc.orig, "sqlstate", None) in ("40P01", "40001")  # deadlock, serialization
+
     def reserve_ids(self, conn: Connection, table: Table) -> int:
         """Block others' writes to ``table`` until commit; the high-water mark of ids and sequence."""
         quote = conn.dialect.identifier_preparer.quote

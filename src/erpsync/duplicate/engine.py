@@ -112,35 +112,38 @@ def duplicate(
         result.seconds = time.perf_counter() - started
         return result
     operation = f"DUPLICATION_{level.upper()}"
+    root_parent = (parent_column, into) if into is not None else None
     ensure_run_tables(db)
+
+    def work(conn: Connection) -> _Copier:
+        copier = _Copier(conn, db.dialect, plan, source_id, fmts, today.year)
+        copier.start_run(level, deep, user)
+        for index, step in enumerate(plan.steps):
+            if progress:
+                progress(step.name, index, len(plan.steps))
+            copier.copy(step, root_parent if index == 0 else None)
+        copier.finish()
+        journal.log(
+            conn,
+            operation,
+            canonical(plan.root.name),
+            source_id,
+            copier.new_id,
+            f"OK: run {copier.run_id}, {sum(copier.rows.values())} rows in {len(plan.steps)} tables",
+            True,
+            user,
+        )
+        return copier
+
     try:
-        with db.begin() as conn:
-            copier = _Copier(conn, db.dialect, plan, source_id, fmts, today.year)
-            copier.start_run(level, deep, user)
-            root_parent = (parent_column, into) if into is not None else None
-            for index, step in enumerate(plan.steps):
-                if progress:
-                    progress(step.name, index, len(plan.steps))
-                copier.copy(step, root_parent if index == 0 else None)
-            copier.finish()
-            result.run_id, result.new_id = copier.run_id, copier.new_id
-            result.rows = {canonical(s.name): copier.rows[s.name] for s in plan.steps}
-            result.numbers = copier.numbers
-            journal.log(
-                conn,
-                operation,
-                canonical(plan.root.name),
-                source_id,
-                copier.new_id,
-                f"OK: run {copier.run_id}, {sum(copier.rows.values())} rows in {len(plan.steps)} tables",
-                True,
-                user,
-            )
-        if progress:
-            progress("", len(plan.steps), len(plan.steps))
+        copier = db.run_transaction(work)
     except Exception as exc:
         journal.log_failure(db, operation, canonical(plan.root.name), source_id, str(exc), user)
         raise
+    if progress:
+        progress("", len(plan.steps), len(plan.steps))
+    result.run_id, result.new_id, result.numbers = copier.run_id, copier.new_id, copier.numbers
+    result.rows = {canonical(s.name): copier.rows[s.name] for s in plan.steps}
     result.seconds = time.perf_counter() - started
     return result
 

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Table,
     delete,
     func,
+    inspect,
     select,
     update,
 )
@@ -37,7 +38,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from erpsync import journal
 from erpsync.db import Database
 from erpsync.duplicate.plan import EQ_NAMES, LEVELS, find_table, reflect
-from erpsync.errors import ChangedSinceRun, InvalidArgument, NotFound
+from erpsync.errors import ChangedSinceRun, DatabaseError, InvalidArgument, NotFound
 from erpsync.schema import ERP_TABLES
 
 DONE = "done"
@@ -102,8 +103,13 @@ RUNS = run_tables()
 def ensure_run_tables(db: Database) -> None:
     """Create erpsync's duplication tables if missing (before the copy's transaction:
     DDL would commit it on MariaDB)."""
-    with db.begin() as conn:
-        RUNS.metadata.create_all(conn, checkfirst=True)
+    try:
+        with db.begin() as conn:
+            RUNS.metadata.create_all(conn, checkfirst=True)
+    except DatabaseError:
+        with db.connect() as conn:  # another process may have created them at the same moment
+            if not all(inspect(conn).has_table(name) for name in RUNS.metadata.tables):
+                raise
 
 
 def canonical(name: str) -> str:
