@@ -12,6 +12,7 @@ from datetime import datetime
 from sqlalchemy import Connection, insert
 
 from erpsync.db import Database
+from erpsync.dialects import dialect_for
 from erpsync.schema import erp_tables
 
 
@@ -26,8 +27,6 @@ def log(
     user: str | None,
 ) -> None:
     """Append one journal row inside ``conn``'s transaction."""
-    from erpsync.dialects import dialect_for
-
     logs = erp_tables(dialect_for(conn.engine.url))["tb_Logs"]
     conn.execute(
         insert(logs).values(

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from erpsync.db import Database
+from erpsync.dialects import dialect_for
 from erpsync.errors import InvalidArgument
 from erpsync.schema import ErpTables, erp_tables
 
@@ -127,7 +128,5 @@ def generate(
     if isinstance(target, Database):
         with target.begin() as conn:
             return generate(conn, kind, fmt=fmt, on=on)
-    from erpsync.dialects import dialect_for
-
     schema = erp_tables(dialect_for(target.engine.url))
     return fmt.render(reserve(target, schema, kind, series_year(fmt, year)), year)

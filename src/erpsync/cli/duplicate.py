@@ -11,10 +11,8 @@ from rich.table import Table
 from erpsync.cli.output import DB_ARGUMENT, console, progress_bar
 from erpsync.db import open_database
 from erpsync.duplicate import (
-    EDGE_MODES,
     LEVELS,
     DuplicationResult,
-    EdgeMode,
     duplicate,
     list_runs,
     lookup,
@@ -22,7 +20,6 @@ from erpsync.duplicate import (
 )
 from erpsync.errors import InvalidArgument
 from erpsync.i18n import tr
-from erpsync.numbering import DEFAULT_FORMATS, NumberFormat
 
 
 class _DefaultGroup(click.Group):
@@ -104,17 +101,6 @@ def copy_command(
     as_json: bool,
 ) -> None:
     """Copy a projet, version, client or commande with all its descendants."""
-    edge_modes = _pairs(edges, "--edge")
-    for key, mode in edge_modes.items():
-        if mode not in EDGE_MODES:
-            raise InvalidArgument(
-                "edge {edge} has mode {mode!r}; use deep, shallow or skip", None, edge=key, mode=mode
-            )
-    number_formats = {}
-    for kind, template in _pairs(formats, "--format").items():
-        if kind.upper() not in DEFAULT_FORMATS:
-            raise InvalidArgument("unknown number type {kind!r}", "use PROJET, CLIENT or COMMANDE", kind=kind)
-        number_formats[kind.upper()] = NumberFormat(template)
     with open_database(db) as database, progress_bar(transient=True) as progress:
         result = duplicate(
             database,
@@ -123,8 +109,8 @@ def copy_command(
             into=into,
             deep=not shallow,
             user=user,
-            edges={k: _mode(v) for k, v in edge_modes.items()},
-            formats=number_formats,
+            edges=_pairs(edges, "--edge"),
+            formats=_pairs(formats, "--format"),
             dry_run=dry_run,
             progress=None if as_json else progress,
         )
@@ -132,11 +118,6 @@ def copy_command(
         click.echo(json.dumps(result.as_dict(), indent=2))
     else:
         _print_result(result)
-
-
-def _mode(value: str) -> EdgeMode:
-    assert value in EDGE_MODES
-    return value
 
 
 def _print_result(result: DuplicationResult) -> None:

@@ -6,14 +6,13 @@ commandes and lines; ``lookup`` queries a run's saved id map (SP_GetEqMapping);
 """
 
 from erpsync.duplicate.engine import DuplicationResult, Numbers, duplicate
-from erpsync.duplicate.plan import EDGE_MODES, LEVELS, EdgeMode
+from erpsync.duplicate.plan import EDGE_MODES, LEVELS
 from erpsync.duplicate.runs import Run, list_runs, lookup, undo
 
 __all__ = [
     "EDGE_MODES",
     "LEVELS",
     "DuplicationResult",
-    "EdgeMode",
     "Numbers",
     "Run",
     "duplicate",

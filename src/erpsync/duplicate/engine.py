@@ -27,7 +27,6 @@ from erpsync.dialects.base import single_pk
 from erpsync.duplicate.plan import (
     LEVELS,
     NUMBERED,
-    EdgeMode,
     Plan,
     Step,
     build_plan,
@@ -87,8 +86,8 @@ def duplicate(
     into: int | None = None,
     deep: bool = True,
     user: str | None = None,
-    edges: Mapping[str, EdgeMode] | None = None,
-    formats: Mapping[str, NumberFormat] | None = None,
+    edges: Mapping[str, str] | None = None,
+    formats: Mapping[str, str | NumberFormat] | None = None,
     dry_run: bool = False,
     progress: ProgressCallback | None = None,
     today: date | None = None,
@@ -98,9 +97,11 @@ def duplicate(
     The copy goes under ``into`` (a parent of the level above) or under the same
     parent. One transaction: on any failure nothing is written, and the failure
     is journaled in tb_Logs afterwards. ``dry_run`` counts and writes nothing.
+    ``edges`` maps a child table (or ``table.column``) to deep, shallow or skip;
+    ``formats`` maps PROJET, CLIENT or COMMANDE to a number format.
     """
     started = time.perf_counter()
-    fmts = {**DEFAULT_FORMATS, **(formats or {})}
+    fmts = {**DEFAULT_FORMATS, **_formats(formats or {})}
     today = today or date.today()
     with db.connect() as conn:
         plan, parent_column = _validate(conn, level, source_id, into, deep, edges)
@@ -120,7 +121,7 @@ def duplicate(
         copier.start_run(level, deep, user)
         for index, step in enumerate(plan.steps):
             if progress:
-                progress(step.name, index, len(plan.steps))
+                progress(canonical(step.name), index, len(plan.steps))
             copier.copy(step, root_parent if index == 0 else None)
         copier.finish()
         journal.log(
@@ -148,13 +149,22 @@ def duplicate(
     return result
 
 
+def _formats(formats: Mapping[str, str | NumberFormat]) -> dict[str, NumberFormat]:
+    out = {}
+    for kind, fmt in formats.items():
+        if kind.upper() not in DEFAULT_FORMATS:
+            raise InvalidArgument("unknown number type {kind!r}", "use PROJET, CLIENT or COMMANDE", kind=kind)
+        out[kind.upper()] = fmt if isinstance(fmt, NumberFormat) else NumberFormat(fmt)
+    return out
+
+
 def _validate(
     conn: Connection,
     level: str,
     source_id: int | None,
     into: int | None,
     deep: bool,
-    edges: Mapping[str, EdgeMode] | None,
+    edges: Mapping[str, str] | None,
 ) -> tuple[Plan, str]:
     """Check the request against the database before anything is written."""
     if level not in LEVELS:
@@ -265,29 +275,23 @@ class _Copier:
         if step.mapped:
             pk = single_pk(table)
             base = self.dialect.reserve_ids(self.conn, table)
-            self.conn.execute(
-                insert(RUNS.map).from_select(
-                    ["run_id", "table_name", "old_id", "new_id"],
-                    select(
-                        literal(self.run_id),
-                        literal(canonical(table.name), String),
-                        pk,
-                        literal(base) + func.row_number().over(order_by=pk),
-                    )
-                    .select_from(source)
-                    .where(*where),
+            new_ids = insert(RUNS.map).from_select(
+                ["run_id", "table_name", "old_id", "new_id"],
+                select(
+                    literal(self.run_id),
+                    literal(canonical(table.name), String),
+                    pk,
+                    literal(base) + func.row_number().over(order_by=pk),
                 )
+                .select_from(source)
+                .where(*where),
             )
+            count = self.conn.execute(new_ids.execution_options(preserve_rowcount=True)).rowcount
             self.dialect.analyze(self.conn, RUNS.map)
             source = source.join(
                 m, and_(m.c.run_id == self.run_id, m.c.table_name == canonical(table.name), m.c.old_id == pk)
             )
             rank = m.c.new_id - base
-            count = self.conn.execute(
-                select(func.count())
-                .select_from(RUNS.map)
-                .where(RUNS.map.c.run_id == self.run_id, RUNS.map.c.table_name == canonical(table.name))
-            ).scalar_one()
         columns: list[str] = []
         values: list[ColumnElement[Any]] = []
         for index, remap in enumerate(step.remap):

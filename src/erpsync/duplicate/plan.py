@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
 
 from sqlalchemy import Column, Integer, MetaData, Table, UniqueConstraint
 from sqlalchemy.engine import Connection
@@ -19,8 +18,7 @@ from sqlalchemy.engine import Connection
 from erpsync.errors import InvalidArgument, SchemaMismatch
 from erpsync.numbering import CLIENT, COMMANDE, PROJET
 
-EdgeMode = Literal["deep", "shallow", "skip"]
-EDGE_MODES: tuple[EdgeMode, ...] = ("deep", "shallow", "skip")
+EDGE_MODES = ("deep", "shallow", "skip")
 
 # Levels a user duplicates, and the reference table of each, parents first.
 LEVELS: dict[str, str] = {
@@ -101,7 +99,7 @@ def build_plan(
     root_name: str,
     *,
     deep: bool = True,
-    edges: Mapping[str, EdgeMode] | None = None,
+    edges: Mapping[str, str] | None = None,
     numbered: Mapping[str, tuple[str, str]] = NUMBERED,
 ) -> Plan:
     """The tables copied from ``root_name``, following child edges breadth-first.

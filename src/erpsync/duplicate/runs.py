@@ -108,7 +108,7 @@ def ensure_run_tables(db: Database) -> None:
             RUNS.metadata.create_all(conn, checkfirst=True)
     except DatabaseError:
         with db.connect() as conn:  # another process may have created them at the same moment
-            if not all(inspect(conn).has_table(name) for name in RUNS.metadata.tables):
+            if not _have_run_tables(conn):
                 raise
 
 
@@ -178,11 +178,16 @@ class Run:
         )
 
 
+def _have_run_tables(conn: Connection) -> bool:
+    return all(inspect(conn).has_table(name) for name in RUNS.metadata.tables)
+
+
 def list_runs(db: Database) -> list[Run]:
     """Every recorded duplication, newest first."""
-    ensure_run_tables(db)
     r = RUNS.run
     with db.connect() as conn:
+        if not _have_run_tables(conn):
+            return []
         rows = conn.execute(select(r).order_by(r.c.run_id.desc())).all()
     return [Run.from_row(row) for row in rows]
 
@@ -198,7 +203,6 @@ def map_table_name(name: str) -> str:
 
 def lookup(db: Database, run_id: int, table: str, old_id: int) -> int:
     """The id run ``run_id`` gave to the copy of ``table`` row ``old_id`` (SP_GetEqMapping)."""
-    ensure_run_tables(db)
     name = map_table_name(table)
     m = RUNS.map
     with db.connect() as conn:
@@ -223,7 +227,6 @@ def undo(db: Database, run_id: int, *, force: bool = False, user: str | None = N
     Refuses if those rows changed since the run (their fingerprint differs),
     unless ``force``. Returns the rows deleted per table.
     """
-    ensure_run_tables(db)
     s = RUNS.step
     with db.begin() as conn:
         run = _get_run(conn, run_id)
@@ -275,7 +278,7 @@ def undo(db: Database, run_id: int, *, force: bool = False, user: str | None = N
 
 def _get_run(conn: Connection, run_id: int) -> Run:
     r = RUNS.run
-    row = conn.execute(select(r).where(r.c.run_id == run_id)).first()
+    row = conn.execute(select(r).where(r.c.run_id == run_id)).first() if _have_run_tables(conn) else None
     if row is None:
         raise NotFound("no duplication run {run}", "list runs with: erpsync duplicate runs DB", run=run_id)
     return Run.from_row(row)
