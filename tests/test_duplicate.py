@@ -401,3 +401,14 @@ def test_the_same_copy_on_every_engine_gives_the_same_result(filled: Database, t
     assert (result.rows, result.numbers, result.new_id) == (expected.rows, expected.numbers, expected.new_id)
     assert rows(filled, TREE, id=result.new_id) == expected_tree
     assert rows(filled, "SELECT Code FROM tb_Client WHERE id > 0 ORDER BY id") == expected_numbers
+
+
+def test_numbering_inside_the_callers_transaction_rolls_back_with_it(erp_db: Database) -> None:
+    assert generate(erp_db, "PROJET", on=TODAY) == "PRJ-2026-00001"  # its own transaction
+    with pytest.raises(RuntimeError), erp_db.begin() as conn:
+        assert generate(conn, "PROJET", on=TODAY) == "PRJ-2026-00002"  # the caller's transaction
+        raise RuntimeError("the caller fails")
+    assert generate(erp_db, "PROJET", on=TODAY) == "PRJ-2026-00002"
+    assert generate(erp_db, "CLIENT", fmt=NumberFormat("CLI-{n:03d}")) == "CLI-001"
+    with pytest.raises(InvalidArgument, match="must contain"):
+        NumberFormat("CLI-{n}-{n}")
