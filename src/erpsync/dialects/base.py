@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
+import sqlalchemy as sa
 from sqlalchemy import Column, Connection, Engine, String, Table, cast, create_engine, func, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
@@ -114,6 +115,63 @@ class Dialect:
     def maintenance_url(self, url: URL) -> URL:
         """A URL on the same server that does not need ``url``'s database to exist."""
         return URL.create(url.drivername, url.username, url.password, url.host, url.port, query=url.query)
+
+    # -- sync: change capture and row identity (issue 5) ----------------------------------
+
+    def gid_type(self) -> sa.types.TypeEngine[str]:
+        """The column type of global row ids: 32 ASCII characters compared byte for byte."""
+        return sa.String(32)
+
+    def gid_sql(self, prefix: str, number: str) -> str:
+        """SQL for a global id: the text ``prefix`` then ``number`` (an integer) in 16 hex digits."""
+        raise NotImplementedError
+
+    def install_capture(
+        self,
+        conn: Connection,
+        number: int,
+        table: str,
+        keys: Sequence[str],
+        columns: Sequence[tuple[str, bool]],
+    ) -> None:
+        """Create the triggers that log every write of ``table`` into ``erpsync_l<number>``.
+
+        Each logged row holds the primary key (``keys``), the bit mask of the
+        ``columns`` an UPDATE changed (``columns`` in bit order, each with whether
+        it holds text), ``-1`` for an INSERT, ``-2`` for a DELETE, and the wall
+        clock in milliseconds. Replaces triggers of the same names.
+        """
+        raise NotImplementedError
+
+    def remove_capture(self, conn: Connection, number: int, table: str) -> None:
+        """Drop the triggers (and trigger functions) ``install_capture`` made, nothing else."""
+        raise NotImplementedError
+
+    def mute_capture(self, conn: Connection) -> None:
+        """Keep the capture triggers from logging what ``conn`` writes until ``unmute_capture``.
+
+        Sync applies changes that already carry their clock and origin: logging
+        them again would make them look like local edits.
+        """
+        raise NotImplementedError
+
+    def unmute_capture(self, conn: Connection) -> None:
+        """Log ``conn``'s writes again; call before the transaction ends."""
+        raise NotImplementedError
+
+    def catalog_rows(self, conn: Connection, tables: Sequence[str]) -> list[tuple[Any, ...]]:
+        """The catalog's description of ``tables``' columns, to notice a change of shape cheaply."""
+        raise NotImplementedError
+
+    def unique_keys(self, conn: Connection, table: str) -> list[tuple[str, ...]]:
+        """The column sets of ``table``'s unique constraints and unique indexes."""
+        inspector = sa.inspect(conn)
+        found = [tuple(u["column_names"]) for u in inspector.get_unique_constraints(table)]
+        for index in inspector.get_indexes(table):
+            names = index["column_names"]
+            if index.get("unique") and names and all(isinstance(c, str) for c in names):
+                found.append(tuple(str(c) for c in names))
+        return list(dict.fromkeys(k for k in found if k))
 
 
 def single_pk(table: Table) -> Column[Any]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import Connection, String, Table, cast, func, select
+from sqlalchemy.dialects import mysql as mysql_types
 from sqlalchemy.dialects.mysql import CHAR
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
@@ -86,3 +89,69 @@ class MariaDB(Dialect):
                 url=url.render_as_string(hide_password=True),
             )
         return super().translate_error(exc, url)
+
+    # -- sync: change capture (issue 5) -----------------------------------------------------
+
+    def gid_type(self) -> sa.types.TypeEngine[str]:
+        return mysql_types.VARCHAR(32, charset="ascii", collation="ascii_bin")
+
+    def gid_sql(self, prefix: str, number: str) -> str:
+        return f"CONCAT({prefix}, LPAD(LOWER(HEX({number})), 16, '0'))"
+
+    def install_capture(
+        self,
+        conn: Connection,
+        number: int,
+        table: str,
+        keys: Sequence[str],
+        columns: Sequence[tuple[str, bool]],
+    ) -> None:
+        """Row triggers that skip logging while the session variable ``@erpsync_mute`` is set.
+
+        Text is compared as bytes: the tables' case-insensitive collation would
+        otherwise take ``'dupont'`` → ``'Dupont'`` for no change.
+        """
+        q = conn.dialect.identifier_preparer.quote
+        wall = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)"
+        key_columns = ", ".join(f"k{i}" for i in range(len(keys)))
+        insert = f"INSERT INTO erpsync_l{number} (m, w, {key_columns}) VALUES"
+        new, old = (", ".join(f"{side}.{q(k)}" for k in keys) for side in ("NEW", "OLD"))
+
+        def same(column: str, text: bool) -> str:
+            cast_ = "BINARY " if text else ""
+            return f"{cast_}OLD.{q(column)} <=> {cast_}NEW.{q(column)}"
+
+        mask = " | ".join(f"((NOT ({same(c, t)})) << {min(i, 62)})" for i, (c, t) in enumerate(columns))
+        key_changed = " OR ".join(f"NOT ({same(k, True)})" for k in keys)
+        self.remove_capture(conn, number, table)
+        on = q(table)
+        for sql in (
+            f"CREATE TRIGGER erpsync_{number}_i AFTER INSERT ON {on} FOR EACH ROW "
+            f"IF @erpsync_mute IS NULL THEN {insert} (-1, {wall}, {new}); END IF",
+            f"CREATE TRIGGER erpsync_{number}_u AFTER UPDATE ON {on} FOR EACH ROW "
+            f"IF @erpsync_mute IS NULL THEN IF {key_changed} THEN {insert} (-2, {wall}, {old}); "
+            f"{insert} (-1, {wall}, {new}); ELSE {insert} ({mask or 0}, {wall}, {new}); END IF; END IF",
+            f"CREATE TRIGGER erpsync_{number}_d AFTER DELETE ON {on} FOR EACH ROW "
+            f"IF @erpsync_mute IS NULL THEN {insert} (-2, {wall}, {old}); END IF",
+        ):
+            conn.exec_driver_sql(sql)
+
+    def remove_capture(self, conn: Connection, number: int, table: str) -> None:
+        for suffix in "iud":
+            conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS erpsync_{number}_{suffix}")
+
+    def mute_capture(self, conn: Connection) -> None:
+        conn.exec_driver_sql("SET @erpsync_mute = 1")
+
+    def unmute_capture(self, conn: Connection) -> None:
+        conn.exec_driver_sql("SET @erpsync_mute = NULL")
+
+    def catalog_rows(self, conn: Connection, tables: Sequence[str]) -> list[tuple[Any, ...]]:
+        marks = ", ".join("%s" for _ in tables)
+        rows = conn.exec_driver_sql(
+            "SELECT TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLUMN_KEY "
+            "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+            f"AND TABLE_NAME IN ({marks}) ORDER BY TABLE_NAME, ORDINAL_POSITION",
+            tuple(tables),
+        )
+        return [tuple(row) for row in rows]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import Connection, Table
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
@@ -125,6 +126,85 @@ class PostgreSQL(Dialect):
                 reason=reason,
             )
         return super().translate_error(exc, url)
+
+    # -- sync: change capture (issue 5) -----------------------------------------------------
+
+    def gid_type(self) -> sa.types.TypeEngine[str]:
+        return sa.String(32, collation="C")
+
+    def gid_sql(self, prefix: str, number: str) -> str:
+        return f"{prefix} || lpad(to_hex({number}), 16, '0')"
+
+    def install_capture(
+        self,
+        conn: Connection,
+        number: int,
+        table: str,
+        keys: Sequence[str],
+        columns: Sequence[tuple[str, bool]],
+    ) -> None:
+        """Statement triggers over transition tables: one INSERT … SELECT per statement.
+
+        A bulk UPDATE of 100,000 rows logs them in one set-based statement instead
+        of 100,000 calls of a row trigger. The functions return at once while the
+        transaction-local setting ``erpsync.mute`` is on.
+        """
+        q = conn.dialect.identifier_preparer.quote
+        wall = "(extract(epoch from statement_timestamp()) * 1000)::bigint"
+        key_columns = ", ".join(f"k{i}" for i in range(len(keys)))
+        insert = f"INSERT INTO erpsync_l{number} (m, w, {key_columns})"
+        mask = " | ".join(
+            f"((o.{q(c)} IS DISTINCT FROM n.{q(c)})::int::bigint << {min(i, 62)})"
+            for i, (c, _) in enumerate(columns)
+        )
+        first = q(keys[0])
+        on_key = " AND ".join(f"o.{q(k)} = n.{q(k)}" for k in keys)
+        bodies = {
+            "i": f"{insert} SELECT -1, {wall}, {', '.join(f'n.{q(k)}' for k in keys)} FROM erpsync_new n",
+            "u": f"{insert} SELECT CASE WHEN o.{first} IS NULL THEN -1 WHEN n.{first} IS NULL THEN -2 "
+            f"ELSE {mask or 0} END, {wall}, {', '.join(f'COALESCE(n.{q(k)}, o.{q(k)})' for k in keys)} "
+            f"FROM erpsync_new n FULL JOIN erpsync_old o ON {on_key}",
+            "d": f"{insert} SELECT -2, {wall}, {', '.join(f'o.{q(k)}' for k in keys)} FROM erpsync_old o",
+        }
+        events = {
+            "i": ("INSERT", "NEW TABLE AS erpsync_new"),
+            "u": ("UPDATE", "OLD TABLE AS erpsync_old NEW TABLE AS erpsync_new"),
+            "d": ("DELETE", "OLD TABLE AS erpsync_old"),
+        }
+        self.remove_capture(conn, number, table)
+        for suffix, body in bodies.items():
+            name = f"erpsync_{number}_{suffix}"
+            conn.exec_driver_sql(
+                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $erpsync$ BEGIN "
+                "IF current_setting('erpsync.mute', true) = 'on' THEN RETURN NULL; END IF; "
+                f"{body}; RETURN NULL; END $erpsync$"
+            )
+            event, transition = events[suffix]
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER {name} AFTER {event} ON {q(table)} REFERENCING {transition} "
+                f"FOR EACH STATEMENT EXECUTE FUNCTION {name}()"
+            )
+
+    def remove_capture(self, conn: Connection, number: int, table: str) -> None:
+        for suffix in "iud":
+            conn.exec_driver_sql(f"DROP FUNCTION IF EXISTS erpsync_{number}_{suffix}() CASCADE")
+
+    def mute_capture(self, conn: Connection) -> None:
+        conn.exec_driver_sql("SELECT set_config('erpsync.mute', 'on', true)")
+
+    def unmute_capture(self, conn: Connection) -> None:
+        conn.exec_driver_sql("SELECT set_config('erpsync.mute', 'off', true)")
+
+    def catalog_rows(self, conn: Connection, tables: Sequence[str]) -> list[tuple[Any, ...]]:
+        rows = conn.exec_driver_sql(
+            "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull "
+            "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_namespace s ON s.oid = c.relnamespace "
+            "WHERE s.nspname = current_schema() AND c.relname = ANY(%(t)s) "
+            "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY c.relname, a.attnum",
+            {"t": list(tables)},
+        )
+        return [tuple(row) for row in rows]
 
 
 def _server_reason(text: str) -> str:

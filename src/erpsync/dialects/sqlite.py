@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, ClassVar
 
 from sqlalchemy import Engine, String, create_engine, event, func
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -63,3 +64,80 @@ class SQLite(Dialect):
                 reason=reason,
             )
         return super().translate_error(exc, url)
+
+    # -- sync: change capture (issue 5) -----------------------------------------------------
+
+    def gid_sql(self, prefix: str, number: str) -> str:
+        return f"{prefix} || printf('%016x', {number})"
+
+    def install_capture(
+        self,
+        conn: Connection,
+        number: int,
+        table: str,
+        keys: Sequence[str],
+        columns: Sequence[tuple[str, bool]],
+    ) -> None:
+        """Row triggers; a separate one logs the old key when an UPDATE changes the key."""
+        q = conn.dialect.identifier_preparer.quote
+        wall = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+        key_columns = ", ".join(f"k{i}" for i in range(len(keys)))
+        insert = f"INSERT INTO erpsync_l{number} (m, w, {key_columns}) VALUES"
+        new, old = (", ".join(f"{side}.{q(k)}" for k in keys) for side in ("NEW", "OLD"))
+        mask = " | ".join(
+            f"((OLD.{q(c)} IS NOT NEW.{q(c)}) << {min(i, 62)})" for i, (c, _) in enumerate(columns)
+        )
+        key_changed = " OR ".join(f"OLD.{q(k)} IS NOT NEW.{q(k)}" for k in keys)
+        self.remove_capture(conn, number, table)
+        on = q(table)
+        for sql in (
+            f"CREATE TRIGGER erpsync_{number}_i AFTER INSERT ON {on} BEGIN {insert} (-1, {wall}, {new}); END",
+            f"CREATE TRIGGER erpsync_{number}_u AFTER UPDATE ON {on} BEGIN {insert} "
+            f"(CASE WHEN {key_changed} THEN -1 ELSE {mask or 0} END, {wall}, {new}); END",
+            f"CREATE TRIGGER erpsync_{number}_k AFTER UPDATE OF {', '.join(q(k) for k in keys)} ON {on} "
+            f"WHEN {key_changed} BEGIN {insert} (-2, {wall}, {old}); END",
+            f"CREATE TRIGGER erpsync_{number}_d AFTER DELETE ON {on} BEGIN {insert} (-2, {wall}, {old}); END",
+        ):
+            conn.exec_driver_sql(sql)
+
+    def remove_capture(self, conn: Connection, number: int, table: str) -> None:
+        for suffix in "iukd":
+            conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS erpsync_{number}_{suffix}")
+
+    def mute_capture(self, conn: Connection) -> None:
+        """Drop the capture triggers inside the transaction; ``unmute_capture`` recreates them.
+
+        The transaction holds SQLite's write lock from its first write to its
+        commit, so no other program can write while the triggers are away, and a
+        rollback brings them back with everything else.
+        """
+        rows = conn.exec_driver_sql(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name GLOB 'erpsync_[0-9]*_[iukd]'"
+        ).all()
+        for name, _ in rows:
+            conn.exec_driver_sql(f"DROP TRIGGER {conn.dialect.identifier_preparer.quote(name)}")
+        conn.info["erpsync_muted"] = [sql for _, sql in rows]
+
+    def unmute_capture(self, conn: Connection) -> None:
+        for sql in conn.info.pop("erpsync_muted", []):
+            conn.exec_driver_sql(sql)
+
+    def catalog_rows(self, conn: Connection, tables: Sequence[str]) -> list[tuple[Any, ...]]:
+        marks = ", ".join("?" for _ in tables)
+        rows = conn.exec_driver_sql(
+            f"SELECT name, sql FROM sqlite_master WHERE type = 'table' AND lower(name) IN ({marks}) "
+            "ORDER BY name",
+            tuple(t.lower() for t in tables),
+        )
+        return [tuple(row) for row in rows]
+
+    def unique_keys(self, conn: Connection, table: str) -> list[tuple[str, ...]]:
+        """From ``PRAGMA index_list``: SQLAlchemy misses the unnamed ``UNIQUE`` of a column."""
+        q = conn.dialect.identifier_preparer.quote
+        found: list[tuple[str, ...]] = []
+        for row in conn.exec_driver_sql(f"PRAGMA index_list({q(table)})").all():
+            if row[2] and row[3] != "pk" and not row[4]:
+                info = conn.exec_driver_sql(f"PRAGMA index_info({q(row[1])})").all()
+                if all(r[2] is not None for r in info):
+                    found.append(tuple(r[2] for r in sorted(info)))
+        return list(dict.fromkeys(found))

@@ -1,0 +1,322 @@
+"""Changes as they travel between nodes: batches of row states, read after a cursor.
+
+A batch holds the *current state* of rows of one table that changed after
+the receiver's cursor: rows are read when sent, so ten edits of a row travel
+once. Each row carries its global id, its values (a column that references a
+surrogate-key table carries the referenced row's global id, not a local id),
+the clock of each column and, for deleted rows, the tombstone's clock.
+
+Two streams per table: rows present (sent parents first) and tombstones (sent
+children first), so every batch can apply in one transaction with foreign keys
+checked. Each stream has its own cursor: the sender's change sequence up to
+which the receiver has applied that table's stream.
+
+Batches are plain data: ``to_json`` / ``from_json`` carry them over HTTP, SSH
+or a shared folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.sql.elements import ColumnElement
+
+from erpsync.sync.capture import fold
+from erpsync.sync.hlc import Stamp
+from erpsync.sync.meta import NODE
+from erpsync.sync.model import SyncTable
+from erpsync.sync.node import Node
+
+ALIVE, GONE = 0, 1
+"""The two streams: rows present, and tombstones."""
+STREAMS = (ALIVE, GONE)
+BATCH_ROWS = 5000
+
+Cursors = dict[tuple[str, int], int]
+"""(table, stream) → the sender's change sequence applied up to."""
+
+
+@dataclass(slots=True)
+class RowChange:
+    """One row's state as a node sends it."""
+
+    gid: str
+    key: tuple[Any, ...] | None
+    """The sender's primary key: the row's identity for a natural key, a hint for a surrogate one."""
+    values: tuple[Any, ...] | None
+    """In the batch's column order; ``None`` for a tombstone."""
+    clocks: tuple[Stamp, ...] | None
+    deleted: Stamp | None = None
+    """The largest delete seen for this row (kept even when a later write revived it)."""
+    seen: int | None = None
+    """For a tombstone: the largest write clock the deleting node had seen."""
+
+    @property
+    def alive(self) -> bool:
+        """Whether the row exists (not a tombstone)."""
+        return self.values is not None
+
+    def last_write(self) -> int:
+        """The clock of the row's latest write."""
+        return max((c.hlc for c in self.clocks or ()), default=0)
+
+
+@dataclass
+class Batch:
+    """Rows of one table and stream, applied in one transaction, identified for idempotence."""
+
+    batch_id: str
+    source: str
+    """The node id of the sender."""
+    table: str
+    stream: int
+    columns: tuple[str, ...]
+    rows: list[RowChange]
+    since: int
+    upto: int
+    """The receiver's cursor for this table and stream once the batch is applied."""
+    names: dict[str, str] = field(default_factory=dict)
+    """Node names by node id, for messages."""
+
+
+def plan(node: Node, since: Cursors, upto: int) -> list[tuple[SyncTable, int, int]]:
+    """(table, stream, rows to send) for every stream that has something after its cursor."""
+    out = []
+    with node.db.connect() as conn:
+        tables = node.tables(conn)
+        for stream in STREAMS:
+            for table in tables if stream == ALIVE else list(reversed(tables)):
+                start = since.get((table.key, stream), 0)
+                if start >= upto:
+                    continue
+                s = table.shadow
+                count = conn.execute(
+                    select(func.count()).where(s.c.deleted == stream, s.c.seq > start, s.c.seq <= upto)
+                ).scalar_one()
+                out.append((table, stream, int(count)))
+    return out
+
+
+def current_seq(node: Node) -> int:
+    """Fold the capture logs, then return the node's change sequence (the snapshot to send up to)."""
+    with node.write() as conn:
+        state = node.lock(conn)
+        if fold(node, conn, state):
+            node.save(conn, state)
+    with node.db.connect() as conn:
+        return int(conn.execute(select(node.meta[NODE].c.seq)).scalar_one())
+
+
+def read_changes(
+    node: Node,
+    table: SyncTable,
+    stream: int,
+    since: int,
+    upto: int,
+    for_node: str | None,
+    batch_rows: int = BATCH_ROWS,
+) -> Iterator[Batch]:
+    """The batches of one table and stream between ``since`` and ``upto``.
+
+    Rows whose state came entirely from ``for_node`` are not sent back to it.
+    Each batch is read in a short transaction of its own (keyset pagination on
+    the change sequence), so a long sync never holds a lock on the sender.
+    """
+    start = since
+    while start < upto:
+        with node.db.connect() as conn:
+            ids = node.peer_ids(conn)
+            skip = next((no for no, nid in ids.items() if nid == for_node), None)
+            rows = conn.execute(_query(table, stream, start, upto, skip, batch_rows)).all()
+        last = rows[-1].seq if len(rows) == batch_rows else upto
+        changes = [c for c in (_row_change(table, stream, r, ids) for r in rows) if c is not None]
+        yield Batch(
+            batch_id=f"{node.node_id}:{table.key}:{stream}:{start}:{last}",
+            source=node.node_id,
+            table=table.key,
+            stream=stream,
+            columns=tuple(c.key for c in table.columns),
+            rows=changes,
+            since=start,
+            upto=last,
+            names={node.node_id: node.name},
+        )
+        start = last
+
+
+def fetch_rows(node: Node, table: SyncTable, gids: list[str]) -> Batch:
+    """The current state of the rows ``gids`` (present or tombstones), for a receiver missing them."""
+    with node.db.connect() as conn:
+        ids = node.peer_ids(conn)
+        s = table.shadow
+        rows = conn.execute(_query(table, None, 0, 0, None, None).where(s.c.gid.in_(gids))).all()
+    changes = [
+        c
+        for c in (_row_change(table, ALIVE if not r.deleted else GONE, r, ids) for r in rows)
+        if c is not None
+    ]
+    return Batch(
+        batch_id="",
+        source=node.node_id,
+        table=table.key,
+        stream=ALIVE,
+        columns=tuple(c.key for c in table.columns),
+        rows=changes,
+        since=0,
+        upto=0,
+        names={node.node_id: node.name},
+    )
+
+
+def _query(
+    table: SyncTable, stream: int | None, start: int, upto: int, skip: int | None, limit: int | None
+) -> Any:
+    s, app = table.shadow, table.app
+    on = and_(*[app.c[k.name] == s.c[f"k{i}"] for i, k in enumerate(table.keys)])
+    joined = s.outerjoin(app, on)
+    columns: list[Any] = [s, *[app.c[k.name].label(f"a_k{i}") for i, k in enumerate(table.keys)]]
+    for i, column in enumerate(table.columns):
+        if column.ref is not None:
+            parent = table.parents[column.ref].shadow.alias(f"p{i}")
+            joined = joined.outerjoin(parent, parent.c.k0 == app.c[column.name])
+            columns += [app.c[column.name].label(f"v{i}"), parent.c.gid.label(f"g{i}")]
+        else:
+            columns.append(app.c[column.name].label(f"v{i}"))
+    query = select(*columns).select_from(joined)
+    conditions: list[ColumnElement[bool]] = []
+    if stream is not None:
+        conditions += [s.c.deleted == stream, s.c.seq > start, s.c.seq <= upto]
+    if skip is not None:
+        conditions.append(or_(s.c.src.is_(None), s.c.src != skip))
+    query = query.where(*conditions).order_by(s.c.seq)
+    return query.limit(limit) if limit else query
+
+
+def _row_change(table: SyncTable, stream: int, row: Any, ids: dict[int, str]) -> RowChange | None:
+    m = row._mapping
+    deleted = Stamp(m["dh"], ids[m["dn"]]) if m["dh"] is not None else None
+    if stream == GONE:
+        return RowChange(m["gid"], None, None, None, deleted, m["ds"])
+    key = tuple(m[f"a_k{i}"] for i in range(len(table.keys)))
+    if key[0] is None:
+        return None  # deleted since the last fold: its tombstone goes next time
+    base = Stamp(m["bh"], ids[m["bn"]]) if m["bh"] is not None else Stamp(0, "")
+    values: list[Any] = []
+    clocks: list[Stamp] = []
+    for i, column in enumerate(table.columns):
+        value = m[f"v{i}"]
+        if column.ref is not None and value is not None:
+            value = m[f"g{i}"]
+            if value is None:
+                return None  # references a row not folded yet: sent once it is
+        values.append(value)
+        clocks.append(Stamp(m[f"c{i}"], ids[m[f"n{i}"]]) if m[f"c{i}"] is not None else base)
+    return RowChange(m["gid"], key, tuple(values), tuple(clocks), deleted)
+
+
+# -- JSON, for transports ------------------------------------------------------------------------
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return {"$d": str(value)}
+    if isinstance(value, datetime):
+        return {"$dt": value.isoformat()}
+    if isinstance(value, date):
+        return {"$date": value.isoformat()}
+    if isinstance(value, time):
+        return {"$t": value.isoformat()}
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$b": base64.b64encode(bytes(value)).decode()}
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    ((tag, text),) = value.items()
+    decoders: dict[str, Callable[[str], Any]] = {
+        "$d": Decimal,
+        "$dt": datetime.fromisoformat,
+        "$date": date.fromisoformat,
+        "$t": time.fromisoformat,
+        "$b": base64.b64decode,
+    }
+    return decoders[tag](text)
+
+
+def to_json(batch: Batch) -> str:
+    """A batch as JSON text (decimals, dates and bytes tagged so they come back exact)."""
+    nodes: dict[str, int] = {}
+
+    def node(n: str) -> int:
+        return nodes.setdefault(n, len(nodes))
+
+    def stamp(s: Stamp | None) -> list[int] | None:
+        return None if s is None else [s.hlc, node(s.node)]
+
+    rows = [
+        [
+            r.gid,
+            None if r.key is None else [_encode(v) for v in r.key],
+            None if r.values is None else [_encode(v) for v in r.values],
+            None if r.clocks is None else [stamp(c) for c in r.clocks],
+            stamp(r.deleted),
+            r.seen,
+        ]
+        for r in batch.rows
+    ]
+    return json.dumps(
+        {
+            "id": batch.batch_id,
+            "source": batch.source,
+            "table": batch.table,
+            "stream": batch.stream,
+            "columns": list(batch.columns),
+            "since": batch.since,
+            "upto": batch.upto,
+            "names": batch.names,
+            "nodes": list(nodes),
+            "rows": rows,
+        },
+        separators=(",", ":"),
+    )
+
+
+def from_json(text: str) -> Batch:
+    """A batch read back from ``to_json``."""
+    data = json.loads(text)
+    nodes = data["nodes"]
+
+    def stamp(s: list[int] | None) -> Stamp | None:
+        return None if s is None else Stamp(s[0], nodes[s[1]])
+
+    rows = [
+        RowChange(
+            gid,
+            None if key is None else tuple(_decode(v) for v in key),
+            None if values is None else tuple(_decode(v) for v in values),
+            None if clocks is None else tuple(Stamp(c[0], nodes[c[1]]) for c in clocks),
+            stamp(deleted),
+            seen,
+        )
+        for gid, key, values, clocks, deleted, seen in data["rows"]
+    ]
+    return Batch(
+        batch_id=data["id"],
+        source=data["source"],
+        table=data["table"],
+        stream=data["stream"],
+        columns=tuple(data["columns"]),
+        rows=rows,
+        since=data["since"],
+        upto=data["upto"],
+        names=data.get("names", {}),
+    )

@@ -1,0 +1,273 @@
+"""What sync knows about a synced table: its columns, keys, references and metadata tables.
+
+Everything comes from reflecting the database, never from the reference ERP
+schema: any table with a primary key can be synced. Names are compared in
+lower case (PostgreSQL folds them, MariaDB on Windows too); nodes name tables
+and columns to each other in lower case.
+
+A table whose primary key is one integer column has a *surrogate* key: its
+local ids may differ from node to node, rows are identified by global ids, and
+columns that reference it carry global ids between nodes. Any other primary
+key is *natural*: it means the same row on every node, so the global id is
+derived from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, MetaData, Table, inspect
+from sqlalchemy.engine.interfaces import ReflectedColumn
+from sqlalchemy.sql import sqltypes
+from sqlalchemy.types import TypeEngine
+
+from erpsync.dialects import Dialect
+from erpsync.errors import ErpSyncError
+from erpsync.schema import type_signature
+from erpsync.sync.meta import log_table, shadow_table
+
+
+class NoPrimaryKey(ErpSyncError):
+    """A table chosen for sync has no primary key."""
+
+
+class UnknownTable(ErpSyncError):
+    """A table named on the command line does not exist."""
+
+
+@dataclass(frozen=True)
+class SyncColumn:
+    """One column of a synced table."""
+
+    name: str
+    """As the database stores it."""
+    key: str
+    """Lower case: how nodes name it to each other."""
+    type: TypeEngine[Any]
+    nullable: bool
+    ref: str | None = None
+    """The synced surrogate-key table whose ids it holds (as global ids between nodes)."""
+
+    @property
+    def text(self) -> bool:
+        """Whether it holds text (compared byte for byte by the MariaDB triggers)."""
+        return isinstance(self.type, sqltypes.String)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What ``erpsync_table.settings`` keeps about a synced table."""
+
+    columns: tuple[str, ...]
+    """Non-key column keys in clock order: column *i* has clock ``c<i>`` and mask bit *i*."""
+    keys: tuple[str, ...]
+    shape: dict[str, Any]
+    column_policies: dict[str, str] = field(default_factory=dict)
+    series: dict[str, str] = field(default_factory=dict)
+    """Business-key column → numbering series used to renumber it on a collision."""
+
+    def to_json(self) -> str:
+        """The settings as stored."""
+        return json.dumps(
+            {
+                "columns": list(self.columns),
+                "keys": list(self.keys),
+                "shape": self.shape,
+                "column_policies": self.column_policies,
+                "series": self.series,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        """Settings read back from ``erpsync_table``."""
+        data = json.loads(text)
+        return cls(
+            columns=tuple(data["columns"]),
+            keys=tuple(data["keys"]),
+            shape=data["shape"],
+            column_policies=dict(data.get("column_policies", {})),
+            series=dict(data.get("series", {})),
+        )
+
+
+@dataclass
+class SyncTable:
+    """A synced table with its reflected definition and its two metadata tables."""
+
+    number: int
+    name: str
+    policy: str
+    settings: Settings
+    app: Table
+    keys: tuple[SyncColumn, ...]
+    columns: tuple[SyncColumn, ...]
+    uniques: tuple[tuple[str, ...], ...]
+    shadow: Table
+    log: Table
+    parents: dict[str, SyncTable] = field(default_factory=dict, repr=False)
+    """The synced surrogate-key tables its reference columns point to, by name."""
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index = {c.key: i for i, c in enumerate(self.columns)}
+
+    @property
+    def key(self) -> str:
+        """The table's name in lower case."""
+        return self.name.lower()
+
+    @property
+    def surrogate(self) -> bool:
+        """Whether the primary key is one integer column (local ids, global ids between nodes)."""
+        return len(self.keys) == 1 and isinstance(self.keys[0].type, sqltypes.Integer)
+
+    def index(self, column_key: str) -> int:
+        """The clock slot of a column."""
+        return self._index[column_key]
+
+    def column(self, column_key: str) -> SyncColumn:
+        """A non-key column by its lower-case name."""
+        return self.columns[self._index[column_key]]
+
+    def policy_of(self, column_key: str) -> str:
+        """The policy of one column: its override, else the table's."""
+        return self.settings.column_policies.get(column_key, self.policy)
+
+
+def table_shape(
+    conn: Connection, dialect: Dialect, name: str, synced: dict[str, str]
+) -> tuple[dict[str, Any], list[ReflectedColumn], list[str]]:
+    """The engine-independent shape of table ``name``: what the schema fingerprint covers.
+
+    Returns the shape, the reflected columns and the primary key (stored names).
+    ``synced`` maps the lower-case names of all synced tables to stored names.
+    """
+    inspector = inspect(conn)
+    columns = inspector.get_columns(name)
+    pk = list(inspector.get_pk_constraint(name)["constrained_columns"])
+    if not pk:
+        raise NoPrimaryKey(
+            "table {table} has no primary key, so its rows cannot be told apart between nodes",
+            "add a primary key to it, or leave it out with --exclude {table}",
+            table=name,
+        )
+    refs: dict[str, str] = {}
+    for fk in inspector.get_foreign_keys(name):
+        parent = str(fk["referred_table"]).lower()
+        if len(fk["constrained_columns"]) == 1 and parent in synced:
+            refs[fk["constrained_columns"][0].lower()] = parent
+    shape: dict[str, Any] = {
+        "columns": {
+            c["name"].lower(): f"{type_signature(c['type'])} {'NULL' if c['nullable'] else 'NOT NULL'}"
+            for c in columns
+            if c["name"] not in pk
+        },
+        "key": [f"{k.lower()} {type_signature(_type_of(columns, k))}" for k in pk],
+        "refs": refs,
+        "unique": sorted(
+            ",".join(c.lower() for c in u) for u in dialect.unique_keys(conn, name) if list(u) != pk
+        ),
+    }
+    return shape, columns, pk
+
+
+def _type_of(columns: Sequence[ReflectedColumn], name: str) -> TypeEngine[Any]:
+    return next(c["type"] for c in columns if c["name"] == name)
+
+
+def fingerprint(shapes: dict[str, dict[str, Any]]) -> str:
+    """A digest of the shapes of all synced tables, equal on two nodes whose schemas agree."""
+    text = json.dumps(shapes, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def catalog_digest(conn: Connection, dialect: Dialect, names: Sequence[str]) -> str:
+    """A cheap digest of the catalog rows of ``names``: it changes when their shape does."""
+    rows = dialect.catalog_rows(conn, list(names))
+    return hashlib.sha256(repr(rows).encode()).hexdigest()[:32]
+
+
+def load_table(
+    conn: Connection,
+    dialect: Dialect,
+    md: MetaData,
+    number: int,
+    name: str,
+    policy: str,
+    settings: Settings,
+    surrogates: set[str] | None = None,
+) -> SyncTable:
+    """A synced table, reflected from ``conn``, with its metadata tables.
+
+    Only references to ``surrogates`` (tables with local ids) are translated
+    through global ids; a natural key means the same row on every node.
+    """
+    app = Table(name, md, autoload_with=conn)
+    by_key = {c.name.lower(): c for c in app.columns}
+    refs = {
+        column: parent
+        for column, parent in settings.shape.get("refs", {}).items()
+        if surrogates is None or parent in surrogates
+    }
+
+    def column(key: str) -> SyncColumn:
+        c = by_key[key]
+        return SyncColumn(c.name, key, c.type, bool(c.nullable), refs.get(key))
+
+    keys = tuple(column(k) for k in settings.keys)
+    columns = tuple(column(k) for k in settings.columns)
+    uniques = tuple(tuple(u.split(",")) for u in settings.shape.get("unique", []))
+    key_types = [c.type for c in keys]
+    return SyncTable(
+        number=number,
+        name=name,
+        policy=policy,
+        settings=settings,
+        app=app,
+        keys=keys,
+        columns=columns,
+        uniques=uniques,
+        shadow=shadow_table(dialect, md, number, key_types, len(columns)),
+        log=log_table(dialect, md, number, key_types),
+    )
+
+
+def is_surrogate(shape: dict[str, Any]) -> bool:
+    """Whether a stored shape has a primary key of one integer column."""
+    key = shape.get("key", [])
+    return len(key) == 1 and str(key[0]).endswith(" INTEGER")
+
+
+def link(tables: Sequence[SyncTable]) -> None:
+    """Point each table's reference columns at the synced tables they reference."""
+    by_key = {t.key: t for t in tables}
+    for table in tables:
+        table.parents = {c.ref: by_key[c.ref] for c in table.columns if c.ref in by_key}
+
+
+def parents_first(tables: Sequence[SyncTable]) -> list[SyncTable]:
+    """The tables ordered so that every referenced table comes before those referring to it.
+
+    Ties, and tables in a reference cycle, are ordered by name, so every node
+    computes the same order.
+    """
+    pending = sorted(tables, key=lambda t: t.key)
+    done: list[SyncTable] = []
+    placed: set[str] = set()
+    while pending:
+        for table in pending:
+            needs = {c.ref for c in table.columns if c.ref and c.ref != table.key}
+            if needs <= placed:
+                break
+        else:
+            table = pending[0]  # a cycle: break it at the first name
+        pending.remove(table)
+        done.append(table)
+        placed.add(table.key)
+    return done

@@ -1,0 +1,440 @@
+"""Making a database a sync node, opening one, and removing everything sync added.
+
+``init_node`` creates erpsync's metadata tables, installs the capture triggers
+on each synced table and registers the rows already there, in bulk: one
+``INSERT … SELECT`` per surrogate-key table gives every row a global id. Run
+again, it adds what is missing and changes nothing else. ``uninstall_node``
+drops the triggers and erpsync's sync tables, and nothing else.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, MetaData, Table, delete, insert, inspect, select, text, update
+
+from erpsync.db import Database
+from erpsync.errors import ErpSyncError
+from erpsync.sync import meta
+from erpsync.sync.encoding import encoder, natural_gid, row_text
+from erpsync.sync.hlc import tick
+from erpsync.sync.model import (
+    Settings,
+    SyncTable,
+    UnknownTable,
+    catalog_digest,
+    fingerprint,
+    is_surrogate,
+    link,
+    load_table,
+    parents_first,
+    table_shape,
+)
+from erpsync.sync.policies import LWW
+
+VERSION = 1
+SELF = 1
+"""The number of this node in its own ``erpsync_peer`` table."""
+
+DEFAULT_EXCLUDE = ("tb_numerotation",)
+"""Tables left out unless named: the numbering counters are each node's own series."""
+
+DEFAULT_SERIES: dict[str, dict[str, str]] = {
+    "tb_projet": {"numprojet": "PROJET"},
+    "tb_client": {"code": "CLIENT"},
+    "tb_commande": {"numcommande": "COMMANDE"},
+}
+"""Business keys renumbered from a numbering series when two nodes created the same one."""
+
+
+class NotANode(ErpSyncError):
+    """The database has not been made a sync node."""
+
+
+class SchemaChanged(ErpSyncError):
+    """A synced table's shape changed since ``node init``."""
+
+
+@dataclass
+class NodeState:
+    """The node's counters, locked and updated inside a write transaction."""
+
+    hlc: int
+    seq: int
+    gids: int
+
+    def next_seq(self) -> int:
+        """A new change sequence number."""
+        self.seq += 1
+        return self.seq
+
+    def stamp(self) -> int:
+        """A new local clock value."""
+        self.hlc = tick(self.hlc)
+        return self.hlc
+
+    def see(self, clock: int) -> None:
+        """Take a received clock into account (a later local write will order after it)."""
+        if clock > self.hlc:
+            self.hlc = clock
+
+
+class Node:
+    """A database that is a sync node: its identity, its synced tables and counters."""
+
+    def __init__(self, db: Database, conn: Connection | None = None) -> None:
+        self.db = db
+        self.dialect = db.dialect
+        self.meta = meta.fixed_tables(db.dialect)
+        self._md = MetaData()
+        self._tables: list[SyncTable] | None = None
+        self._peers: dict[str, int] = {}
+        if conn is None:
+            with db.connect() as c:
+                self._load(c)
+        else:
+            self._load(conn)
+
+    def _load(self, conn: Connection) -> None:
+        if not inspect(conn).has_table(meta.NODE):
+            raise NotANode(
+                "{db} is not a sync node",
+                "make it one with: erpsync node init {db} --name NAME",
+                db=self.db.name,
+            )
+        node = self.meta[meta.NODE]
+        row = conn.execute(select(node)).one()
+        self.node_id: str = row.node_id
+        self.name: str = row.name
+        self.fingerprint: str = row.fingerprint
+        self.digest: str = row.digest
+        tables = self.meta[meta.TABLES]
+        self.rows = [
+            (r.no, r.name, r.policy, Settings.from_json(r.settings))
+            for r in conn.execute(select(tables).order_by(tables.c.no))
+        ]
+
+    @property
+    def prefix(self) -> str:
+        """The first half of every global id this node gives: 16 hex digits of its id."""
+        return self.node_id.replace("-", "")[:16]
+
+    def shapes(self) -> dict[str, dict[str, object]]:
+        """The stored shape of each synced table (what the fingerprint covers)."""
+        return {name.lower(): settings.shape for _, name, _, settings in self.rows}
+
+    def tables(self, conn: Connection | None = None) -> list[SyncTable]:
+        """The synced tables, reflected once, parents before children."""
+        if self._tables is None:
+            if conn is None:
+                with self.db.connect() as c:
+                    return self.tables(c)
+            surrogates = {name.lower() for _, name, _, s in self.rows if is_surrogate(s.shape)}
+            loaded = [
+                load_table(conn, self.dialect, self._md, no, name, policy, settings, surrogates)
+                for no, name, policy, settings in self.rows
+            ]
+            link(loaded)
+            self._tables = parents_first(loaded)
+        return self._tables
+
+    def table(self, key: str, conn: Connection | None = None) -> SyncTable:
+        """A synced table by name (any case)."""
+        for table in self.tables(conn):
+            if table.key == key.lower():
+                return table
+        raise UnknownTable(
+            "table {table} is not synced by {db}",
+            "list the synced tables with: erpsync node status {db}",
+            table=key,
+            db=self.db.name,
+        )
+
+    def check_schema(self, conn: Connection) -> None:
+        """Fail if a synced table changed shape since ``node init`` (cheap catalog digest)."""
+        names = [name for _, name, _, _ in self.rows]
+        if names and catalog_digest(conn, self.dialect, names) != self.digest:
+            raise SchemaChanged(
+                "the shape of the synced tables of {db} changed since it became a node",
+                "run erpsync node init {db} again to update the triggers and the fingerprint",
+                db=self.db.name,
+            )
+
+    # -- counters and peers ------------------------------------------------------------------
+
+    def lock(self, conn: Connection) -> NodeState:
+        """Lock the node row until commit (serializes sync's writers) and read the counters."""
+        node = self.meta[meta.NODE]
+        conn.execute(update(node).values(hlc=node.c.hlc))
+        row = conn.execute(select(node.c.hlc, node.c.seq, node.c.gids)).one()
+        return NodeState(int(row.hlc), int(row.seq), int(row.gids))
+
+    def save(self, conn: Connection, state: NodeState) -> None:
+        """Store the counters changed inside the transaction."""
+        conn.execute(update(self.meta[meta.NODE]).values(hlc=state.hlc, seq=state.seq, gids=state.gids))
+
+    def peer_number(self, conn: Connection, node_id: str, name: str | None = None) -> int:
+        """The local number of node ``node_id`` in clocks, registering it the first time."""
+        if node_id in self._peers:
+            return self._peers[node_id]
+        peers = self.meta[meta.PEERS]
+        found = conn.execute(select(peers.c.no).where(peers.c.node_id == node_id)).scalar()
+        if found is None:
+            last = conn.execute(select(peers.c.no).order_by(peers.c.no.desc()).limit(1)).scalar()
+            found = int(last or 0) + 1
+            conn.execute(insert(peers).values(no=found, node_id=node_id, name=name))
+        self._peers[node_id] = int(found)
+        return int(found)
+
+    def peer_ids(self, conn: Connection) -> dict[int, str]:
+        """Every known node id by local number."""
+        peers = self.meta[meta.PEERS]
+        return {int(r.no): r.node_id for r in conn.execute(select(peers.c.no, peers.c.node_id))}
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction for sync's own work (READ COMMITTED on the servers).
+
+        READ COMMITTED lets a transaction see the log rows that writers committed
+        after it began, which the check for concurrent edits relies on.
+        """
+        with self.db.translate_errors(), self.db.engine.connect() as conn:
+            if self.dialect.is_server:
+                conn = conn.execution_options(isolation_level="READ COMMITTED")
+            with conn.begin():
+                yield conn
+
+
+# -- init and uninstall ----------------------------------------------------------------------
+
+
+@dataclass
+class InitReport:
+    """What ``init_node`` did."""
+
+    node_id: str
+    name: str
+    created: bool
+    registered: dict[str, int] = field(default_factory=dict)
+    """Rows given a global id now, per synced table."""
+    removed: list[str] = field(default_factory=list)
+    """Tables no longer synced (their triggers and metadata were dropped)."""
+    skipped: list[str] = field(default_factory=list)
+    """Tables left out because they have no primary key."""
+
+
+def choose_tables(
+    conn: Connection, tables: Sequence[str] | None, exclude: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """The tables to sync (stored names) and those skipped for lack of a primary key."""
+    inspector = inspect(conn)
+    stored = {n.lower(): n for n in inspector.get_table_names() if not n.lower().startswith(meta.PREFIX)}
+    wanted = [t.lower() for t in tables] if tables else None
+    excluded = {t.lower() for t in exclude}
+    for name in [*(wanted or []), *excluded]:
+        if name not in stored:
+            raise UnknownTable(
+                "there is no table {table} in {db}",
+                "check the name; the tables are: {tables}",
+                table=name,
+                db=conn.engine.url.render_as_string(hide_password=True),
+                tables=", ".join(sorted(stored.values())),
+            )
+    chosen, skipped = [], []
+    for key in wanted or sorted(stored):
+        if key in excluded or (wanted is None and key in DEFAULT_EXCLUDE):
+            continue
+        if wanted is None and not inspector.get_pk_constraint(stored[key])["constrained_columns"]:
+            skipped.append(stored[key])
+            continue
+        chosen.append(stored[key])
+    return chosen, skipped
+
+
+def init_node(
+    db: Database,
+    name: str,
+    tables: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    *,
+    register: bool = True,
+) -> InitReport:
+    """Make ``db`` a sync node named ``name``, or bring an existing node up to date.
+
+    ``register=False`` leaves existing rows without global ids (adoption gives
+    them the peer's). On MariaDB, DDL commits by itself: a failure half-way
+    leaves what was created, and running init again completes it.
+    """
+    from erpsync.sync.capture import fold
+
+    with db.begin() as conn:
+        chosen, skipped = choose_tables(conn, tables, exclude)
+        fixed = meta.fixed_tables(db.dialect)
+        for fixed_table in fixed.values():
+            fixed_table.create(conn, checkfirst=True)
+        node_t = fixed[meta.NODE]
+        existing = conn.execute(select(node_t)).first()
+        created = existing is None
+        node_id = str(uuid.uuid4()) if existing is None else existing.node_id
+        if existing is None:
+            values = {"hlc": 0, "seq": 0, "gids": 0, "fingerprint": "", "digest": "", "version": VERSION}
+            conn.execute(insert(node_t).values(id=1, node_id=node_id, name=name, **values))
+            conn.execute(insert(fixed[meta.PEERS]).values(no=SELF, node_id=node_id, name=name))
+        else:
+            conn.execute(update(node_t).values(name=name))
+        report = InitReport(node_id, name, created, skipped=skipped)
+        _set_tables(conn, db, fixed, chosen, report)
+        node = Node(db, conn)
+        state = node.lock(conn)
+        state.stamp()
+        fold(node, conn, state)
+        if register:
+            for table in node.tables(conn):
+                report.registered[table.name] = register_rows(node, conn, table, state)
+        node.save(conn, state)
+    return report
+
+
+def _set_tables(
+    conn: Connection, db: Database, fixed: dict[str, Table], chosen: list[str], report: InitReport
+) -> None:
+    """Record the chosen tables, create their metadata tables and triggers, drop the others'."""
+    tables_t = fixed[meta.TABLES]
+    known = {r.name.lower(): r for r in conn.execute(select(tables_t))}
+    synced = {n.lower(): n for n in chosen}
+    shapes = {}
+    for name in chosen:
+        shape, columns, pk = table_shape(conn, db.dialect, name, synced)
+        shapes[name.lower()] = shape
+        row = known.get(name.lower())
+        if row is not None:
+            old = Settings.from_json(row.settings)
+            order = list(old.columns) + [
+                c["name"].lower()
+                for c in columns
+                if c["name"] not in pk and c["name"].lower() not in old.columns
+            ]
+            settings = Settings(tuple(order), old.keys, shape, old.column_policies, old.series)
+            conn.execute(
+                update(tables_t).where(tables_t.c.no == row.no).values(name=name, settings=settings.to_json())
+            )
+            number = int(row.no)
+        else:
+            number = max([int(r.no) for r in known.values()] + [0]) + 1
+            settings = Settings(
+                columns=tuple(c["name"].lower() for c in columns if c["name"] not in pk),
+                keys=tuple(k.lower() for k in pk),
+                shape=shape,
+                series=DEFAULT_SERIES.get(name.lower(), {}),
+            )
+            conn.execute(
+                insert(tables_t).values(no=number, name=name, policy=LWW, settings=settings.to_json())
+            )
+            known[name.lower()] = conn.execute(select(tables_t).where(tables_t.c.no == number)).one()
+        _install_table(conn, db, number, name, settings)
+    for key, row in list(known.items()):
+        if key not in synced:
+            _remove_table(conn, db, int(row.no), row.name)
+            conn.execute(delete(tables_t).where(tables_t.c.no == row.no))
+            conn.execute(delete(fixed[meta.CURSORS]).where(fixed[meta.CURSORS].c.tbl == row.no))
+            report.removed.append(row.name)
+    conn.execute(
+        update(fixed[meta.NODE]).values(
+            fingerprint=fingerprint(shapes), digest=catalog_digest(conn, db.dialect, chosen)
+        )
+    )
+
+
+def _install_table(conn: Connection, db: Database, number: int, name: str, settings: Settings) -> None:
+    md = MetaData()
+    table = load_table(conn, db.dialect, md, number, name, LWW, settings)
+    existing = {n.lower() for n in inspect(conn).get_table_names()}
+    if table.shadow.name in existing:
+        present = {c["name"] for c in inspect(conn).get_columns(table.shadow.name)}
+        for column in table.shadow.columns:
+            if column.name not in present:  # a column added to the application table since
+                type_ = column.type.compile(conn.dialect)
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {db.quote(table.shadow.name)} ADD {db.quote(column.name)} {type_}"
+                )
+    else:
+        table.shadow.create(conn)
+    table.log.create(conn, checkfirst=True)
+    db.dialect.install_capture(
+        conn,
+        number,
+        name,
+        [k.name for k in table.keys],
+        [(c.name, c.text) for c in table.columns],
+    )
+
+
+def _remove_table(conn: Connection, db: Database, number: int, name: str) -> None:
+    if inspect(conn).has_table(name):
+        db.dialect.remove_capture(conn, number, name)
+    for metadata_table in (meta.shadow_name(number), meta.log_name(number)):
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {db.quote(metadata_table)}")
+
+
+def register_rows(node: Node, conn: Connection, table: SyncTable, state: NodeState) -> int:
+    """Give a global id to every row of ``table`` that has none yet; return how many.
+
+    Surrogate keys: one set-based ``INSERT … SELECT`` numbering the rows after
+    the node's global-id counter. Natural keys: the id is derived from the key.
+    """
+    q = node.db.quote
+    pk = [q(k.name) for k in table.keys]
+    shadow, app = q(table.shadow.name), q(table.app.name)
+    missing = " AND ".join(f"r.k{i} = t.{k}" for i, k in enumerate(pk))
+    if table.surrogate:
+        gid = node.dialect.gid_sql(":prefix", "(:g0 + x.rn)")
+        result = conn.execute(
+            text(
+                f"INSERT INTO {shadow} (gid, k0, seq, deleted, bh, bn) "
+                f"SELECT {gid}, x.k, :s0 + x.rn, 0, :h, :me FROM ("
+                f"SELECT t.{pk[0]} AS k, ROW_NUMBER() OVER (ORDER BY t.{pk[0]}) AS rn FROM {app} t "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {shadow} r WHERE {missing})) x"
+            ),
+            {"prefix": node.prefix, "g0": state.gids, "s0": state.seq, "h": state.hlc, "me": SELF},
+        )
+        count = int(result.rowcount)
+        state.gids += count
+        state.seq += count
+        return count
+    columns = ", ".join(f"t.{k}" for k in pk)
+    keys = conn.execute(
+        text(f"SELECT {columns} FROM {app} t WHERE NOT EXISTS (SELECT 1 FROM {shadow} r WHERE {missing})")
+    ).all()
+    encoders = [encoder(k.type) for k in table.keys]
+    rows = [
+        {"gid": natural_gid(table.key, row_text(encoders, key)), **{f"k{i}": v for i, v in enumerate(key)}}
+        for key in keys
+    ]
+    for row in rows:
+        row.update(seq=state.next_seq(), deleted=0, bh=state.hlc, bn=SELF)
+    if rows:
+        # a natural key deleted earlier comes back under the same global id
+        gone = [r["gid"] for r in rows]
+        conn.execute(delete(table.shadow).where(table.shadow.c.gid.in_(gone)))
+        conn.execute(insert(table.shadow), rows)
+    return len(rows)
+
+
+def uninstall_node(db: Database) -> list[str]:
+    """Remove the triggers and every sync table erpsync added; return the tables dropped.
+
+    Application tables and their rows are left exactly as they are.
+    """
+    dropped: list[str] = []
+    with db.begin() as conn:
+        node = Node(db, conn)
+        for number, name, _, _ in node.rows:
+            _remove_table(conn, db, number, name)
+            dropped += [meta.shadow_name(number), meta.log_name(number)]
+        for table_name in meta.FIXED:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {db.quote(table_name)}")
+            dropped.append(table_name)
+    return dropped

@@ -1,0 +1,107 @@
+"""Making a database a node, capturing its writes, and removing everything sync added."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from erpsync.db import Database
+from erpsync.fill import fill
+from erpsync.sync.capture import fold
+from erpsync.sync.node import Node, init_node, uninstall_node
+
+
+def app_tables(db: Database) -> list[str]:
+    from sqlalchemy import inspect
+
+    with db.connect() as conn:
+        return sorted(inspect(conn).get_table_names())
+
+
+def triggers(db: Database) -> list[str]:
+    """Every trigger in the database, from the engine's own catalog."""
+    sql = {
+        "sqlite": "SELECT name FROM sqlite_master WHERE type = 'trigger'",
+        "mariadb": "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()",
+        "postgresql": "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal",
+    }[db.dialect.name]
+    with db.connect() as conn:
+        return sorted(r[0] for r in conn.execute(text(sql)))
+
+
+def contents(db: Database) -> dict[str, list[tuple[object, ...]]]:
+    with db.connect() as conn:
+        return {
+            name: [tuple(r) for r in conn.execute(text(f"SELECT * FROM {db.quote(name)} ORDER BY 1"))]
+            for name in app_tables(db)
+        }
+
+
+def count(db: Database, sql: str) -> int:
+    with db.connect() as conn:
+        return int(conn.execute(text(sql)).scalar_one())
+
+
+def test_init_registers_rows_rerun_is_safe_uninstall_restores(erp_db: Database) -> None:
+    fill(erp_db, scale=1, seed=3)
+    before_tables, before_rows = app_tables(erp_db), contents(erp_db)
+    report = init_node(erp_db, "pc1")
+    assert report.created
+    node = Node(erp_db)
+    synced = {t.key for t in node.tables()}
+    assert "tb_numerotation" not in synced and "tb_lignecommande" in synced
+    for table in node.tables():
+        rows = count(erp_db, f"SELECT count(*) FROM {erp_db.quote(table.name)}")
+        assert report.registered[table.name] == rows
+        assert count(erp_db, f"SELECT count(DISTINCT gid) FROM {table.shadow.name}") == rows
+    again = init_node(erp_db, "pc1")
+    assert not again.created and again.node_id == report.node_id
+    assert set(again.registered.values()) == {0}
+    assert len(triggers(erp_db)) >= 3 * len(synced)
+    uninstall_node(erp_db)
+    assert app_tables(erp_db) == before_tables
+    assert contents(erp_db) == before_rows
+    assert triggers(erp_db) == []
+
+
+def test_capture_of_inserts_updates_deletes(erp_db: Database) -> None:
+    fill(erp_db, scale=1, seed=4)
+    init_node(erp_db, "pc1")
+    node = Node(erp_db)
+    client = node.table("tb_Client")
+    shadow = client.shadow.name
+    email = client.index("email")
+    with erp_db.begin() as conn:
+        conn.execute(text("UPDATE tb_Client SET Email = 'nouveau@exemple.fr' WHERE id = 1"))
+        conn.execute(text("UPDATE tb_Client SET Email = Email WHERE id = 2"))  # no change
+        conn.execute(
+            text(
+                "INSERT INTO tb_Client (id, fkVersion, Code, RaisonSociale) "
+                "VALUES (9001, 1, 'CLI-X1', 'Nouvelle SARL')"
+            )
+        )
+        conn.execute(
+            text("INSERT INTO tb_Client (id, fkVersion, Code, RaisonSociale) VALUES (9002, 1, 'X2', 'E')")
+        )
+        conn.execute(text("DELETE FROM tb_Client WHERE id = 9002"))  # inserted and deleted: nothing
+        lines = "SELECT id FROM tb_Commande WHERE fkClient = 5"
+        conn.execute(text(f"DELETE FROM tb_LigneCommande WHERE fkCommande IN ({lines})"))
+        conn.execute(text("DELETE FROM tb_Commande WHERE fkClient = 5"))
+        conn.execute(text("DELETE FROM tb_Client WHERE id = 5"))
+    assert count(erp_db, f"SELECT count(*) FROM {client.log.name}") >= 5
+    seq_before = count(erp_db, f"SELECT max(seq) FROM {shadow}")
+    with node.write() as conn:
+        state = node.lock(conn)
+        fold(node, conn, state)
+        node.save(conn, state)
+    assert count(erp_db, f"SELECT count(*) FROM {client.log.name}") == 0
+    with erp_db.connect() as conn:
+        changed = conn.execute(
+            text(f"SELECT k0, deleted, c{email}, n{email}, c0 FROM {shadow} WHERE seq > :s ORDER BY k0"),
+            {"s": seq_before},
+        ).all()
+    changed = sorted(changed, key=lambda r: (r[0] is not None, r[0] or 0))  # NULL first on every engine
+    assert [(r[0], r[1]) for r in changed] == [(None, 1), (1, 0), (9001, 0)]
+    _, updated, inserted = changed
+    assert updated[2] is not None and updated[3] == 1 and updated[4] is None  # only Email got a clock
+    assert inserted[2] is None  # a new row: every column shares its first clock
+    assert count(erp_db, f"SELECT count(*) FROM {shadow} WHERE k0 = 9002") == 0
