@@ -129,6 +129,13 @@ FRENCH: dict[str, str] = {
     "Status": "État",
     "done": "faite",
     "undone": "annulée",
+    # stored procedures (issue 4)
+    "SQLite has no stored procedures, so SP_DupliquerProjet and the others cannot be installed": "SQLite n'a pas de procédures stockées : SP_DupliquerProjet et les autres ne peuvent pas y être installées",
+    "duplicate from erpsync instead, e.g. erpsync duplicate DB projet 7 (same copy, same journal)": "dupliquez plutôt avec erpsync, par exemple erpsync duplicate DB projet 7 (même copie, même journal)",
+    "the procedures need MariaDB {minimum} or later; this server is {version}": "les procédures demandent MariaDB {minimum} ou plus récent ; ce serveur est {version}",
+    "use erpsync duplicate, which works on any MariaDB or MySQL server": "utilisez erpsync duplicate, qui fonctionne sur tout serveur MariaDB ou MySQL",
+    "Installed {n} procedures on {db}: {names}.": "{n} procédures installées sur {db} : {names}.",
+    "Removed the procedures from {db}.": "Procédures supprimées de {db}.",
 }
 
 

@@ -17,6 +17,7 @@ from erpsync import __version__
 from erpsync.cli import db as db_commands
 from erpsync.cli.duplicate import duplicate_group
 from erpsync.cli.output import err_console
+from erpsync.cli.procedures import procedures
 from erpsync.errors import ErpSyncError
 from erpsync.i18n import set_language, tr
 
@@ -70,6 +71,7 @@ def cli(ctx: click.Context, debug: bool, lang: str | None) -> None:
 
 cli.add_command(db_commands.db)
 cli.add_command(duplicate_group, name="duplicate")
+cli.add_command(procedures)
 
 
 def main() -> None:
