@@ -252,22 +252,28 @@ def link(tables: Sequence[SyncTable]) -> None:
 
 
 def parents_first(tables: Sequence[SyncTable]) -> list[SyncTable]:
-    """The tables ordered so that every referenced table comes before those referring to it.
+    """The tables ordered so that every referenced table comes before those referring to it."""
+    by_key = {t.key: t for t in tables}
+    order = dependency_order({t.key: {c.ref for c in t.columns if c.ref} for t in tables})
+    return [by_key[key] for key in order]
+
+
+def dependency_order(refs: dict[str, set[str]]) -> list[str]:
+    """Table names, each after the tables it references (``refs``: name → referenced names).
 
     Ties, and tables in a reference cycle, are ordered by name, so every node
     computes the same order.
     """
-    pending = sorted(tables, key=lambda t: t.key)
-    done: list[SyncTable] = []
+    pending = sorted(refs)
+    done: list[str] = []
     placed: set[str] = set()
     while pending:
-        for table in pending:
-            needs = {c.ref for c in table.columns if c.ref and c.ref != table.key}
-            if needs <= placed:
+        for key in pending:
+            if {r for r in refs[key] if r != key and r in refs} <= placed:
                 break
         else:
-            table = pending[0]  # a cycle: break it at the first name
-        pending.remove(table)
-        done.append(table)
-        placed.add(table.key)
+            key = pending[0]  # a cycle: break it at the first name
+        pending.remove(key)
+        done.append(key)
+        placed.add(key)
     return done

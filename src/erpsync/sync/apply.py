@@ -1,0 +1,685 @@
+"""Applying a batch of remote row states: one transaction, idempotent, capture muted.
+
+For each row the remote state is merged with the local one (see
+``policies``): new rows are inserted (keeping their id where it is free here),
+present rows take the columns the policy gives the remote side, tombstones
+delete rows unless the policy or a reference keeps them. References arrive as
+global ids and are resolved to local keys; a batch that references rows this
+node does not have (or has deleted) is not applied: the result names them,
+the session fetches them from the sender and applies the batch again.
+
+The batch, the clocks it brings, the peer's cursor and the batch id are
+written in one transaction: applied twice, or after an interrupted sync, a
+batch changes nothing more. The capture triggers are muted meanwhile, so
+applied changes keep their origin and clock instead of becoming local edits.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy.engine import RowMapping
+
+from erpsync.errors import ErpSyncError
+from erpsync.sync import conflicts
+from erpsync.sync.capture import IN_LIMIT, Key, _chunks, fold, key_in
+from erpsync.sync.changeset import ALIVE, Batch, RowChange
+from erpsync.sync.encoding import encoder
+from erpsync.sync.hlc import Stamp
+from erpsync.sync.keys import Incoming, journal_renumbering, settle
+from erpsync.sync.meta import BATCHES, CURSORS
+from erpsync.sync.model import SyncTable
+from erpsync.sync.node import SELF, Node, NodeState
+from erpsync.sync.policies import (
+    LWW,
+    MANUAL,
+    NO_OVERWRITE,
+    PREFER_LOCAL,
+    PREFER_REMOTE,
+    Relation,
+    decide_column,
+    relation,
+)
+from erpsync.sync.rows import TableRows
+
+PolicyMap = dict[str, str]
+"""Policies seen from the applying node: ``""`` (every table), ``"table"``, ``"table.column"``."""
+
+
+def policy_for(policies: PolicyMap, table: SyncTable, column: str | None = None) -> str:
+    """The policy of a table, or of one of its columns, under ``policies``."""
+    if column is not None and f"{table.key}.{column}" in policies:
+        return policies[f"{table.key}.{column}"]
+    return policies.get(table.key, policies.get("", LWW))
+
+
+class ConcurrentWrite(ErpSyncError):
+    """A program wrote rows of the batch while it was being applied; the batch is applied again."""
+
+
+@dataclass
+class ApplyResult:
+    """What applying one batch did."""
+
+    table: str
+    stream: int
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    conflicts: int = 0
+    renumbered: int = 0
+    restored: int = 0
+    skipped: int = 0
+    """Rows not applied because a row they reference is deleted on the sender too."""
+    replayed: bool = False
+    """The batch had been applied already: nothing was done."""
+    missing: dict[str, list[str]] = field(default_factory=dict)
+    """Referenced rows this node lacks (table → global ids): nothing was applied."""
+
+    @property
+    def changed(self) -> int:
+        """Rows written."""
+        return self.inserted + self.updated + self.deleted
+
+
+class _Missing(Exception):
+    """Rolls the transaction back when references cannot be resolved."""
+
+
+def apply_batch(
+    node: Node,
+    batch: Batch,
+    policies: PolicyMap,
+    *,
+    restore: bool = False,
+    skip: frozenset[str] = frozenset(),
+) -> ApplyResult:
+    """Apply ``batch`` to ``node`` in one transaction and move the sender's cursor.
+
+    ``restore`` forces rows back to life with a new clock: used for rows fetched
+    because something references them. Rows referencing a global id in ``skip``
+    (gone on the sender as well) are left out: their own deletion follows.
+    """
+    result = ApplyResult(batch.table, batch.stream)
+    try:
+        with node.write() as conn:
+            if batch.batch_id and _replayed(node, conn, batch.batch_id, result):
+                return result
+            state = node.lock(conn)
+            fold(node, conn, state)
+            table = node.table(batch.table, conn)
+            rows = TableRows(conn, node, table, state)
+            source = rows.number(batch.source)
+            node.dialect.mute_capture(conn)
+            try:
+                work = _Apply(rows, batch, policies, source, result, restore, skip)
+                touched = work.run()
+            finally:
+                node.dialect.unmute_capture(conn)
+            journal_renumbering(rows, work.renumbered)
+            _check_concurrent(conn, table, touched)
+            if batch.batch_id:
+                _advance(node, conn, batch, source, result)
+            node.save(conn, state)
+    except _Missing:
+        pass
+    return result
+
+
+def _replayed(node: Node, conn: Connection, batch_id: str, result: ApplyResult) -> bool:
+    batches = node.meta[BATCHES]
+    if conn.execute(select(batches.c.batch_id).where(batches.c.batch_id == batch_id)).first() is None:
+        return False
+    result.replayed = True
+    return True
+
+
+def _advance(node: Node, conn: Connection, batch: Batch, source: int, result: ApplyResult) -> None:
+    cursors = node.meta[CURSORS]
+    table_no = node.table(batch.table, conn).number
+    where = (cursors.c.peer == source) & (cursors.c.tbl == table_no) & (cursors.c.stream == batch.stream)
+    current = conn.execute(select(cursors.c.seq).where(where)).scalar()
+    if current is None:
+        conn.execute(insert(cursors).values(peer=source, tbl=table_no, stream=batch.stream, seq=batch.upto))
+    elif batch.upto > current:
+        conn.execute(update(cursors).where(where).values(seq=batch.upto))
+    now = int(time.time() * 1000)
+    batches = node.meta[BATCHES]
+    summary = json.dumps({k: v for k, v in asdict(result).items() if k != "missing"})
+    conn.execute(insert(batches).values(batch_id=batch.batch_id, peer=source, applied=now, result=summary))
+    conn.execute(delete(batches).where(batches.c.applied < now - 30 * 86_400_000))
+
+
+def _check_concurrent(conn: Connection, table: SyncTable, touched: list[Key]) -> None:
+    """Fail if another program logged a write to one of the rows just applied.
+
+    Its change would be overwritten without a trace; the session applies the
+    batch again, after folding that write, so it is merged like any other.
+    """
+    log = table.log
+    columns = [log.c[f"k{i}"] for i in range(len(table.keys))]
+    for part in _chunks(touched, IN_LIMIT):
+        if conn.execute(select(log.c.seq).where(key_in(columns, part)).limit(1)).first() is not None:
+            raise ConcurrentWrite(
+                "rows of {table} were changed by another program during the sync",
+                "run the sync again",
+                table=table.name,
+            )
+
+
+class _Apply:
+    """The work of one batch."""
+
+    def __init__(
+        self,
+        rows: TableRows,
+        batch: Batch,
+        policies: PolicyMap,
+        source: int,
+        result: ApplyResult,
+        restore: bool,
+        skip: frozenset[str],
+    ) -> None:
+        self.rows = rows
+        self.skip = skip
+        self.table = rows.table
+        self.batch = batch
+        self.policies = policies
+        self.source = source
+        self.result = result
+        self.restore = restore
+        self.state: NodeState = rows.state
+        self.renumbered: list[Any] = []
+        positions = {c: i for i, c in enumerate(batch.columns)}
+        try:
+            self.order = [positions[c.key] for c in self.table.columns]
+        except KeyError as exc:
+            raise ErpSyncError(
+                "the batch for {table} lacks column {column}",
+                "the nodes' schemas differ: run erpsync node init on both",
+                table=self.table.name,
+                column=exc.args[0],
+            ) from None
+        self.encoders = [encoder(c.type) for c in self.table.columns]
+        self.shadow_inserts: list[dict[str, Any]] = []
+        self.shadow_updates: list[dict[str, Any]] = []
+        self.touched: list[Key] = []
+
+    def local_order(self, row: RowChange) -> RowChange:
+        """The row with values and clocks in this node's column order."""
+        if row.values is None or row.clocks is None or self.order == list(range(len(self.order))):
+            return row
+        values, clocks = row.values, row.clocks
+        return RowChange(
+            row.gid,
+            row.key,
+            tuple(values[i] for i in self.order),
+            tuple(clocks[i] for i in self.order),
+            row.deleted,
+            row.seen,
+        )
+
+    def run(self) -> list[Key]:
+        rows = [self.local_order(r) for r in self.batch.rows]
+        for r in rows:
+            for stamp in (*(r.clocks or ()), r.deleted):
+                if stamp is not None:
+                    self.state.see(stamp.hlc)
+        local = self.rows.shadows(r.gid for r in rows)
+        if self.batch.stream == ALIVE:
+            self._alive([r for r in rows if r.alive], local)
+            gone = [r for r in rows if not r.alive]  # fetched rows can be tombstones
+        else:
+            gone = rows
+        if gone:
+            self._gone(gone, local)
+        self.rows.write_shadows(self.shadow_inserts, self.shadow_updates)
+        return self.touched
+
+    # -- rows present on the sender ------------------------------------------------------------
+
+    def _alive(self, rows: list[RowChange], local: dict[str, RowMapping]) -> None:
+        refs, dropped = self._resolve_references(rows)
+        if dropped:
+            rows = [r for r in rows if r.gid not in dropped]
+            self.result.skipped += len(dropped)
+        inserts: list[tuple[RowChange, RowMapping | None, bool]] = []
+        merges: list[tuple[RowChange, RowMapping]] = []
+        for r in rows:
+            mine = local.get(r.gid)
+            if mine is None:
+                inserts.append((r, None, False))
+            elif mine["deleted"]:
+                revive, restamp = self._revive(r, mine, refs)
+                if revive:
+                    inserts.append((r, mine, restamp))
+                else:
+                    self.result.unchanged += 1
+            else:
+                merges.append((r, mine))
+        incoming = self._merge(merges, refs)
+        new_rows = [self._incoming(r, refs, restamp) for r, _, restamp in inserts]
+        incoming += new_rows
+        collisions = settle(self.rows, incoming, policy_for(self.policies, self.table) == MANUAL)
+        for key, gid, values, slot in collisions.local_changes:
+            self.rows.update_app([(key, values)])
+            self.rows.restamp([gid], [slot])
+        self.result.renumbered += len(collisions.renumbered)
+        self.renumbered = collisions.renumbered
+        by_gid = {i.gid: i for i in incoming}
+        self._write_updates([i for i in (by_gid[r.gid] for r, _ in merges) if i.writes or i.restamped])
+        conflicts.close_superseded(self.rows, [i.gid for i in incoming if i.whole])
+        self._write_inserts([(r, mine, by_gid[r.gid]) for r, mine, _ in inserts])
+        for item in collisions.renumbered:
+            if item.queued:
+                conflicts.record(
+                    self.rows,
+                    item.gid,
+                    conflicts.UNIQUE,
+                    MANUAL,
+                    self.source,
+                    {
+                        "column": item.column,
+                        "value": item.old,
+                        "renumbered": item.new,
+                        "other": item.other_gid,
+                    },
+                )
+                self.result.conflicts += 1
+
+    def _resolve_references(self, rows: list[RowChange]) -> tuple[dict[str, dict[str, Key]], set[str]]:
+        """Global ids of referenced rows → local keys; missing ones end the batch (see module doc).
+
+        Also returns the rows to leave out, those referencing a row in ``skip``.
+        """
+        resolved: dict[str, dict[str, Key]] = {}
+        missing: dict[str, set[str]] = {}
+        dropped: set[str] = set()
+        in_batch = {r.gid for r in rows}
+        for i, column in enumerate(self.table.columns):
+            if column.ref is None:
+                continue
+            parent = self.table.parents[column.ref]
+            for r in rows:
+                if r.values is not None and r.values[i] in self.skip:
+                    dropped.add(r.gid)
+            gids = {
+                r.values[i]
+                for r in rows
+                if r.values is not None and r.values[i] is not None and r.gid not in dropped
+            }
+            known = self.rows.keys_of(parent, gids)
+            table_refs = resolved.setdefault(parent.key, {})
+            for gid in gids:
+                key = known.get(gid)
+                if key is not None:
+                    table_refs[gid] = key
+                elif not (parent is self.table and gid in in_batch):
+                    missing.setdefault(parent.key, set()).add(gid)
+        if missing:
+            self.result.missing = {t: sorted(g) for t, g in missing.items()}
+            raise _Missing
+        return resolved, dropped
+
+    def _revive(self, r: RowChange, mine: RowMapping, refs: dict[str, dict[str, Key]]) -> tuple[bool, bool]:
+        """Whether a row deleted here comes back, and whether with a new clock."""
+        if self.restore:
+            return True, True
+        assert r.clocks is not None
+        latest = max(r.clocks)
+        deleted = self.rows.deleted_stamp(mine) or Stamp(0, "")
+        concurrent = latest.hlc > (mine["ds"] or 0)
+        policy = policy_for(self.policies, self.table)
+        if concurrent and policy == PREFER_LOCAL:
+            self._tombstone_update(mine, Stamp(self.state.stamp(), self.rows.node.node_id), restamp=True)
+            return False, False
+        if concurrent and policy == PREFER_REMOTE:
+            return True, latest < deleted
+        if concurrent and policy == MANUAL:
+            remote = self._local_values(r, refs)
+            conflicts.record_row(
+                self.rows, r, conflicts.DELETE, MANUAL, self.source, remote=remote, local_deleted=True
+            )
+            self.result.conflicts += 1
+            return False, False
+        if latest > deleted:
+            return True, False
+        if r.deleted is not None and r.deleted > deleted:
+            self._tombstone_update(mine, r.deleted)
+        return False, False
+
+    def _merge(
+        self, merges: list[tuple[RowChange, RowMapping]], refs: dict[str, dict[str, Key]]
+    ) -> list[Incoming]:
+        """Decide, column by column, what each present row takes from the remote state."""
+        decided: list[tuple[RowChange, RowMapping, list[Stamp], Relation]] = []
+        for r, mine in merges:
+            assert r.clocks is not None
+            stamps = self.rows.stamps(mine)
+            rel = relation(stamps, r.clocks)
+            if r.deleted is not None and r.deleted != self.rows.deleted_stamp(mine):
+                ours = self.rows.deleted_stamp(mine)
+                if ours is None or r.deleted > ours:
+                    self.shadow_updates.append(
+                        {"b_gid": r.gid, "dh": r.deleted.hlc, "dn": self.rows.number(r.deleted.node)}
+                    )
+            if rel in (Relation.EQUAL, Relation.LOCAL_NEWER):
+                self.result.unchanged += 1
+                continue
+            decided.append((r, mine, stamps, rel))
+        needs_values = [
+            self._key(mine)
+            for r, mine, _, rel in decided
+            if rel is Relation.CONCURRENT or NO_OVERWRITE in self._column_policies()
+        ]
+        current = self.rows.app_values(needs_values) if needs_values else {}
+        out = []
+        for r, mine, stamps, rel in decided:
+            out.append(self._merge_row(r, mine, stamps, rel, refs, current.get(self._key(mine))))
+        return out
+
+    def _column_policies(self) -> set[str]:
+        return {policy_for(self.policies, self.table, c.key) for c in self.table.columns}
+
+    def _merge_row(
+        self,
+        r: RowChange,
+        mine: RowMapping,
+        stamps: list[Stamp],
+        rel: Relation,
+        refs: dict[str, dict[str, Key]],
+        current: tuple[Any, ...] | None,
+    ) -> Incoming:
+        assert r.values is not None and r.clocks is not None
+        remote = self._local_values(r, refs)
+        values: list[Any] = list(current) if current is not None else list(remote)
+        new_stamps: list[Stamp | None] = list(stamps)
+        writes: set[int] = set()
+        restamp: set[int] = set()
+        differing: list[int] = []
+        for i, column in enumerate(self.table.columns):
+            if r.clocks[i] == stamps[i]:
+                continue
+            same = current is not None and self.encoders[i](current[i]) == self.encoders[i](remote[i])
+            decision = decide_column(
+                policy_for(self.policies, self.table, column.key), rel, stamps[i], r.clocks[i], same
+            )
+            if decision.conflict:
+                differing.append(i)
+            elif decision.take_remote:
+                values[i] = remote[i]
+                new_stamps[i] = None if decision.restamp else r.clocks[i]
+                writes.add(i)
+            elif decision.restamp:
+                restamp.add(i)
+        for i in restamp:
+            new_stamps[i] = None
+        changed = sum(1 for i in range(len(stamps)) if r.clocks[i] != stamps[i])
+        whole = not restamp and not differing and len(writes) == changed
+        incoming = Incoming(r.gid, self._key(mine), values, new_stamps, writes, whole)
+        if differing:
+            kind = conflicts.REVIEW if self._all(differing, NO_OVERWRITE) else conflicts.UPDATE
+            conflicts.record_row(
+                self.rows,
+                r,
+                kind,
+                self._policy_name(differing),
+                self.source,
+                local=current,
+                remote=remote,
+                local_stamps=stamps,
+                columns=differing,
+            )
+            self.result.conflicts += 1
+        return incoming
+
+    def _all(self, slots: list[int], policy: str) -> bool:
+        return all(policy_for(self.policies, self.table, self.table.columns[i].key) == policy for i in slots)
+
+    def _policy_name(self, slots: list[int]) -> str:
+        return policy_for(self.policies, self.table, self.table.columns[slots[0]].key)
+
+    def _incoming(self, r: RowChange, refs: dict[str, dict[str, Key]], restamp: bool) -> Incoming:
+        assert r.clocks is not None
+        values = self._local_values(r, refs)
+        stamps: list[Stamp | None] = [None] * len(values) if restamp else list(r.clocks)
+        return Incoming(r.gid, None, values, stamps, set(range(len(values))), not restamp)
+
+    def _local_values(self, r: RowChange, refs: dict[str, dict[str, Key]]) -> list[Any]:
+        """The remote values with references turned into local keys (self-references stay gids)."""
+        assert r.values is not None
+        values = list(r.values)
+        for i, column in enumerate(self.table.columns):
+            if column.ref is not None and values[i] is not None:
+                key = refs.get(self.table.parents[column.ref].key, {}).get(values[i])
+                if key is not None:
+                    values[i] = key[0]
+        return values
+
+    def _key(self, mine: RowMapping) -> Key:
+        return tuple(mine[f"k{i}"] for i in range(len(self.table.keys)))
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _write_updates(self, rows: list[Incoming]) -> None:
+        changes = []
+        for row in rows:
+            assert row.key is not None
+            changes.append((row.key, {self.table.columns[i].name: row.values[i] for i in sorted(row.writes)}))
+            clocks = self.rows.clock_values(row.stamps)
+            self.shadow_updates.append(
+                {
+                    "b_gid": row.gid,
+                    **clocks,
+                    "seq": self.state.next_seq(),
+                    "src": self.source if row.whole else None,
+                }
+            )
+            if row.writes:
+                self.touched.append(row.key)
+        self.rows.update_app(changes)
+        self.result.updated += sum(1 for row in rows if row.writes)
+
+    def _write_inserts(self, items: list[tuple[RowChange, RowMapping | None, Incoming]]) -> None:
+        if not items:
+            return
+        keys = self._allocate([r for r, _, _ in items])
+        app_rows = []
+        self_refs = [i for i, c in enumerate(self.table.columns) if c.ref == self.table.key]
+        gid_keys = {r.gid: k for (r, _, _), k in zip(items, keys, strict=True)}
+        for (r, mine, incoming), key in zip(items, keys, strict=True):
+            for i in self_refs:
+                value = incoming.values[i]
+                if isinstance(value, str) and value in gid_keys:
+                    incoming.values[i] = gid_keys[value][0]
+            row = {k.name: v for k, v in zip(self.table.keys, key, strict=True)}
+            row.update({c.name: incoming.values[i] for i, c in enumerate(self.table.columns)})
+            app_rows.append(row)
+            clocks = self.rows.clock_values(incoming.stamps)
+            meta = {
+                **{f"k{i}": v for i, v in enumerate(key)},
+                **clocks,
+                "seq": self.state.next_seq(),
+                "deleted": 0,
+                "src": None if incoming.restamped else self.source,
+            }
+            deleted = r.deleted
+            if mine is not None:
+                ours = self.rows.deleted_stamp(mine)
+                if ours is not None and (deleted is None or ours > deleted):
+                    deleted = ours
+                self.result.restored += 1 if self.restore else 0
+            if deleted is not None:
+                meta.update(dh=deleted.hlc, dn=self.rows.number(deleted.node))
+            if mine is None:
+                self.shadow_inserts.append({"gid": r.gid, **meta})
+            else:
+                self.shadow_updates.append({"b_gid": r.gid, **meta})
+            self.touched.append(key)
+        for item in self.renumbered:
+            if item.key is None and item.gid in gid_keys:
+                item.key = gid_keys[item.gid]
+        ordered = _parents_first(app_rows, self_refs, self.table)
+        self.rows.insert_app(ordered)
+        if self.table.surrogate:
+            self.rows.node.dialect.after_explicit_ids(self.rows.conn, self.table.app)
+        self.result.inserted += len(items)
+
+    def _allocate(self, rows: list[RowChange]) -> list[Key]:
+        """Local keys for new rows: the sender's id where it is free here, else the next free one."""
+        if not self.table.surrogate:
+            return [tuple(r.key or ()) for r in rows]
+        top = self.rows.node.dialect.reserve_ids(self.rows.conn, self.table.app)
+        hints = [r.key[0] if r.key else None for r in rows]
+        column = self.rows.key_columns[0]
+        taken: set[Any] = set()
+        wanted = [h for h in hints if h is not None]
+        for part in _chunks(wanted, IN_LIMIT):
+            taken.update(v for (v,) in self.rows.conn.execute(select(column).where(column.in_(part))))
+        keys: list[Key] = []
+        used: set[Any] = set()
+        pending: list[int] = []
+        for i, hint in enumerate(hints):
+            if hint is not None and hint not in taken and hint not in used:
+                used.add(hint)
+                keys.append((hint,))
+            else:
+                keys.append(())
+                pending.append(i)
+        following = max([top, *[k for k in used if isinstance(k, int)]]) + 1
+        for i in pending:
+            keys[i] = (following,)
+            following += 1
+        return keys
+
+    # -- tombstones ----------------------------------------------------------------------------
+
+    def _gone(self, rows: list[RowChange], local: dict[str, RowMapping]) -> None:
+        to_delete: list[tuple[RowChange, RowMapping]] = []
+        policy = policy_for(self.policies, self.table)
+        for r in rows:
+            assert r.deleted is not None
+            mine = local.get(r.gid)
+            if mine is None:
+                deleted = {"dh": r.deleted.hlc, "dn": self.rows.number(r.deleted.node), "ds": r.seen}
+                self.shadow_inserts.append(
+                    {"gid": r.gid, "seq": self.state.next_seq(), "deleted": 1, "src": self.source, **deleted}
+                )
+                continue
+            if mine["deleted"]:
+                ours = self.rows.deleted_stamp(mine)
+                if ours is None or r.deleted > ours:
+                    self._tombstone_update(mine, r.deleted, seen=r.seen)
+                else:
+                    self.result.unchanged += 1
+                continue
+            latest = max(self.rows.stamps(mine))
+            concurrent = latest.hlc > (r.seen or 0)
+            if policy == NO_OVERWRITE:
+                remove = False
+                conflicts.record_row(self.rows, r, conflicts.REVIEW, policy, self.source, remote_deleted=True)
+                self.result.conflicts += 1
+            elif concurrent and policy == PREFER_LOCAL:
+                remove = False
+                self.rows.restamp([r.gid])
+            elif concurrent and policy == PREFER_REMOTE:
+                remove = True
+            elif concurrent and policy == MANUAL:
+                remove = False
+                conflicts.record_row(self.rows, r, conflicts.DELETE, policy, self.source, remote_deleted=True)
+                self.result.conflicts += 1
+            else:
+                remove = r.deleted > latest
+            if remove:
+                to_delete.append((r, mine))
+            else:
+                self.result.unchanged += 1
+                if r.deleted > (self.rows.deleted_stamp(mine) or Stamp(0, "")):
+                    self.shadow_updates.append(
+                        {"b_gid": r.gid, "dh": r.deleted.hlc, "dn": self.rows.number(r.deleted.node)}
+                    )
+        if not to_delete:
+            return
+        keys = [self._key(mine) for _, mine in to_delete]
+        kept = self.rows.referenced(keys)
+        removed: list[Key] = []
+        for (r, mine), key in zip(to_delete, keys, strict=True):
+            if key in kept:  # still referenced here: keep it, and bring it back where it was deleted
+                self.rows.restamp([r.gid])
+                conflicts.record_row(
+                    self.rows,
+                    r,
+                    conflicts.RESTORE,
+                    policy,
+                    self.source,
+                    remote_deleted=True,
+                    status=conflicts.RESOLVED,
+                )
+                self.result.restored += 1
+                continue
+            assert r.deleted is not None
+            self._tombstone_update(mine, r.deleted, seen=r.seen, src=self.source)
+            removed.append(key)
+        self.rows.delete_app(removed)
+        self.touched += removed
+        self.result.deleted += len(removed)
+
+    def _tombstone_update(
+        self,
+        mine: RowMapping,
+        deleted: Stamp,
+        *,
+        seen: int | None = None,
+        restamp: bool = False,
+        src: int | None = None,
+    ) -> None:
+        width = len(self.table.columns)
+        values: dict[str, Any] = {
+            "b_gid": mine["gid"],
+            "deleted": 1,
+            "dh": deleted.hlc,
+            "dn": self.rows.number(deleted.node) if deleted.node else SELF,
+            "seq": self.state.next_seq(),
+            "src": None if restamp else src,
+            "bh": None,
+            "bn": None,
+            **{f"k{i}": None for i in range(len(self.table.keys))},
+            **{f"{p}{i}": None for i in range(width) for p in "cn"},
+        }
+        if not mine["deleted"]:
+            values["ds"] = max(self.rows.stamps(mine)).hlc
+        elif seen is not None:
+            values["ds"] = max(seen, mine["ds"] or 0)
+        self.shadow_updates.append(values)
+
+
+def _parents_first(
+    rows: list[dict[str, Any]], self_refs: list[int], table: SyncTable
+) -> list[dict[str, Any]]:
+    """New rows ordered so that a row referencing another row of the batch comes after it."""
+    if not self_refs or len(table.keys) != 1:
+        return rows
+    key_name = table.keys[0].name
+    names = [table.columns[i].name for i in self_refs]
+    by_key = {row[key_name]: row for row in rows}
+    done: list[dict[str, Any]] = []
+    placed: set[Any] = set()
+
+    def place(row: dict[str, Any], depth: int = 0) -> None:
+        if row[key_name] in placed or depth > len(rows):
+            return
+        for name in names:
+            parent = by_key.get(row[name])
+            if parent is not None and parent is not row:
+                place(parent, depth + 1)
+        placed.add(row[key_name])
+        done.append(row)
+
+    for row in rows:
+        place(row)
+    return done

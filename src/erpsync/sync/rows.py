@@ -1,0 +1,222 @@
+"""Reading and writing one synced table's rows and their metadata, in sets.
+
+Shared by apply and by conflict resolution. Every method works on many rows
+at once (``IN`` lists, ``executemany``), never one query per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, inspect, select, update
+from sqlalchemy.engine import RowMapping
+
+from erpsync.sync.capture import IN_LIMIT, Key, _chunks, key_in
+from erpsync.sync.hlc import Stamp
+from erpsync.sync.model import SyncTable
+from erpsync.sync.node import SELF, Node, NodeState
+
+
+class TableRows:
+    """One synced table's rows in one write transaction."""
+
+    def __init__(self, conn: Connection, node: Node, table: SyncTable, state: NodeState) -> None:
+        self.conn = conn
+        self.node = node
+        self.table = table
+        self.state = state
+        self.ids = node.peer_ids(conn)
+        self.key_columns = [table.app.c[k.name] for k in table.keys]
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    def shadows(self, gids: Iterable[str]) -> dict[str, RowMapping]:
+        """The metadata rows of ``gids`` that exist here (present rows and tombstones)."""
+        s = self.table.shadow
+        found: dict[str, RowMapping] = {}
+        for part in _chunks(list(gids), IN_LIMIT):
+            for row in self.conn.execute(select(s).where(s.c.gid.in_(part))):
+                found[row.gid] = row._mapping
+        return found
+
+    def shadows_by_key(self, keys: Sequence[Key]) -> dict[Key, RowMapping]:
+        """The metadata rows of present rows, by local key."""
+        s = self.table.shadow
+        columns = [s.c[f"k{i}"] for i in range(len(self.table.keys))]
+        found: dict[Key, RowMapping] = {}
+        for part in _chunks(keys, IN_LIMIT):
+            for row in self.conn.execute(select(s).where(key_in(columns, part))):
+                m = row._mapping
+                found[tuple(m[f"k{i}"] for i in range(len(columns)))] = m
+        return found
+
+    def stamp_of(self, hlc: int | None, number: int | None) -> Stamp:
+        """A stored (clock, node number) as a ``Stamp``."""
+        if hlc is None or number is None:
+            return Stamp(0, "")
+        return Stamp(hlc, self.ids[number])
+
+    def stamps(self, shadow: RowMapping) -> list[Stamp]:
+        """The clock of each column of a present row."""
+        base = self.stamp_of(shadow["bh"], shadow["bn"])
+        return [
+            self.stamp_of(shadow[f"c{i}"], shadow[f"n{i}"]) if shadow[f"c{i}"] is not None else base
+            for i in range(len(self.table.columns))
+        ]
+
+    def deleted_stamp(self, shadow: RowMapping) -> Stamp | None:
+        """The largest delete seen for a row, if any."""
+        return self.stamp_of(shadow["dh"], shadow["dn"]) if shadow["dh"] is not None else None
+
+    def number(self, node_id: str) -> int:
+        """The local number of a node id (registered on first sight)."""
+        number = self.node.peer_number(self.conn, node_id)
+        self.ids[number] = node_id
+        return number
+
+    def clock_values(self, stamps: Sequence[Stamp | None]) -> dict[str, Any]:
+        """``bh``/``bn`` and ``c<i>``/``n<i>`` for a row whose columns have ``stamps``.
+
+        ``None`` means "a new local write now". The most common clock becomes the
+        row's base, so a row written in one go stores one clock.
+        """
+        now = Stamp(self.state.stamp(), self.node.node_id) if None in stamps else None
+        resolved = [now if s is None else s for s in stamps]
+        base = max(set(resolved), key=resolved.count) if resolved else now or Stamp(self.state.hlc, "")
+        assert base is not None
+        values: dict[str, Any] = {"bh": base.hlc, "bn": self.number(base.node) if base.node else SELF}
+        for i, stamp in enumerate(resolved):
+            assert stamp is not None
+            same = stamp == base
+            values[f"c{i}"] = None if same else stamp.hlc
+            values[f"n{i}"] = None if same else self.number(stamp.node)
+        return values
+
+    def write_shadows(self, inserts: list[dict[str, Any]], updates: list[dict[str, Any]]) -> None:
+        """Insert new metadata rows and update existing ones (``b_gid`` names the row)."""
+        s = self.table.shadow
+        for group in _same_keys(inserts):
+            self.conn.execute(insert(s), group)
+        for group in _same_keys(updates):
+            self.conn.execute(update(s).where(s.c.gid == bindparam("b_gid")), group)
+
+    def restamp(self, gids: Sequence[str], columns: Iterable[int] | None = None) -> None:
+        """Write the current values of ``columns`` (default all) again, with a new local clock.
+
+        A value that wins although its clock is older is given a new one, so it
+        also wins on every node it reaches.
+        """
+        slots = list(range(len(self.table.columns)) if columns is None else columns)
+        if not gids:
+            return
+        now = self.state.stamp()
+        rows = []
+        for gid in gids:
+            row: dict[str, Any] = {"b_gid": gid, "seq": self.state.next_seq(), "src": None}
+            if len(slots) == len(self.table.columns):
+                row.update(
+                    bh=now, bn=SELF, **{f"c{i}": None for i in slots}, **{f"n{i}": None for i in slots}
+                )
+            else:
+                row.update({f"c{i}": now for i in slots}, **{f"n{i}": SELF for i in slots})
+            rows.append(row)
+        self.write_shadows([], rows)
+
+    # -- references ----------------------------------------------------------------------------
+
+    def keys_of(self, table: SyncTable, gids: Iterable[str]) -> dict[str, Key | None]:
+        """Local keys of ``gids`` in ``table``; ``None`` for a tombstone; absent if unknown."""
+        s = table.shadow
+        width = len(table.keys)
+        found: dict[str, Key | None] = {}
+        for part in _chunks(list(gids), IN_LIMIT):
+            query = select(s.c.gid, s.c.deleted, *[s.c[f"k{i}"] for i in range(width)]).where(
+                s.c.gid.in_(part)
+            )
+            for row in self.conn.execute(query):
+                found[row[0]] = None if row[1] else tuple(row[2:])
+        return found
+
+    def gids_of(self, table: SyncTable, keys: Iterable[Any]) -> dict[Any, str]:
+        """Global ids of present rows of ``table`` by their (single-column) local key."""
+        s = table.shadow
+        found: dict[Any, str] = {}
+        for part in _chunks(list(keys), IN_LIMIT):
+            for gid, key in self.conn.execute(select(s.c.gid, s.c.k0).where(s.c.k0.in_(part))):
+                found[key] = gid
+        return found
+
+    def referenced(self, keys: Sequence[Key]) -> set[Key]:
+        """Which of ``keys`` are still referenced by a row of any table (synced or not)."""
+        out: set[Key] = set()
+        for child, columns, parent_columns in self.node_references(self.table.app.name):
+            index = [[c.name for c in self.key_columns].index(p) for p in parent_columns]
+            wanted = list({tuple(k[i] for i in index) for k in keys})
+            child_columns = [child.c[c] for c in columns]
+            for part in _chunks(wanted, IN_LIMIT):
+                found = self.conn.execute(
+                    select(*child_columns).distinct().where(key_in(child_columns, part))
+                )
+                hits = {tuple(r) for r in found}
+                out.update(k for k in keys if tuple(k[i] for i in index) in hits)
+        return out
+
+    def node_references(self, name: str) -> list[tuple[Table, list[str], list[str]]]:
+        """(child table, its columns, the referenced columns) for every foreign key to ``name``."""
+        cache: dict[str, list[tuple[Table, list[str], list[str]]]] = self.node.__dict__.setdefault(
+            "_references", {}
+        )
+        if name not in cache:
+            inspector = inspect(self.conn)
+            found = []
+            for child in inspector.get_table_names():
+                for fk in inspector.get_foreign_keys(child):
+                    if str(fk["referred_table"]).lower() == name.lower():
+                        table = Table(child, self.node._md, autoload_with=self.conn)
+                        found.append((table, list(fk["constrained_columns"]), list(fk["referred_columns"])))
+            cache[name] = found
+        return cache[name]
+
+    # -- application rows ------------------------------------------------------------------------
+
+    def app_values(self, keys: Sequence[Key]) -> dict[Key, tuple[Any, ...]]:
+        """The current values of present rows (non-key columns in clock order), by key."""
+        app = self.table.app
+        columns = [app.c[c.name] for c in self.table.columns]
+        width = len(self.key_columns)
+        found: dict[Key, tuple[Any, ...]] = {}
+        for part in _chunks(keys, IN_LIMIT):
+            query = select(*self.key_columns, *columns).where(key_in(self.key_columns, part))
+            for row in self.conn.execute(query):
+                found[tuple(row[:width])] = tuple(row[width:])
+        return found
+
+    def insert_app(self, rows: list[dict[str, Any]]) -> None:
+        """Insert application rows (dicts by column name)."""
+        for group in _same_keys(rows):
+            self.conn.execute(insert(self.table.app), group)
+
+    def update_app(self, changes: list[tuple[Key, dict[str, Any]]]) -> None:
+        """Update application rows: (key, {column name: value}), grouped by the columns set."""
+        app = self.table.app
+        where = and_(*[c == bindparam(f"w_{i}") for i, c in enumerate(self.key_columns)])
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for key, values in changes:
+            if values:
+                params = {**values, **{f"w_{i}": v for i, v in enumerate(key)}}
+                groups.setdefault(tuple(sorted(values)), []).append(params)
+        for group in groups.values():
+            self.conn.execute(update(app).where(where), group)
+
+    def delete_app(self, keys: Sequence[Key]) -> None:
+        """Delete application rows by key."""
+        for part in _chunks(keys, IN_LIMIT):
+            self.conn.execute(delete(self.table.app).where(key_in(self.key_columns, part)))
+
+
+def _same_keys(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(sorted(row)), []).append(row)
+    return list(groups.values())

@@ -1,0 +1,238 @@
+"""``sync``, ``pull`` and ``push``: exchanging changes with a peer, batch by batch.
+
+1. Both nodes fold their capture logs and say hello; different schema
+   fingerprints stop everything before a row is read.
+2. Pull: the peer's changes after this node's cursor for it, up to the peer's
+   change sequence at hello time, are read in batches (rows present parents
+   first, then tombstones children first) and applied here, each batch in one
+   transaction that also moves the cursor.
+3. Push: the same in the other direction; the peer keeps the cursor.
+
+A sync with nothing to do costs a few small queries whatever the size of the
+databases: cursors equal to the sender's sequence mean no table is read.
+An interrupted sync resumes where the last applied batch left off.
+
+The node that runs the sync decides the policies: its own configuration, then
+``--policy`` overrides; ``prefer-local`` means "this node wins" in both
+directions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from erpsync.db import Database
+from erpsync.errors import ErpSyncError
+from erpsync.sync import fingerprint
+from erpsync.sync.apply import ApplyResult, ConcurrentWrite, PolicyMap
+from erpsync.sync.changeset import ALIVE, BATCH_ROWS, GONE, Batch
+from erpsync.sync.node import Node
+from erpsync.sync.peer import Hello, LocalPeer, Peer
+from erpsync.sync.policies import PolicyOverride, swap
+
+ProgressCallback = Callable[[str, int, int], None]
+MAX_DEPTH = 20
+RETRIES = 5
+
+
+class SameNode(ErpSyncError):
+    """Both sides of a sync are the same node."""
+
+
+@dataclass
+class TableCounts:
+    """Rows exchanged for one table."""
+
+    received: int = 0
+    sent: int = 0
+    changed_here: int = 0
+    changed_there: int = 0
+    conflicts: int = 0
+    renumbered: int = 0
+    restored: int = 0
+    skipped: int = 0
+
+    def add(self, result: ApplyResult, rows: int, *, incoming: bool) -> None:
+        """Count one applied batch."""
+        if incoming:
+            self.received += rows
+            self.changed_here += result.changed
+        else:
+            self.sent += rows
+            self.changed_there += result.changed
+        self.conflicts += result.conflicts
+        self.renumbered += result.renumbered
+        self.restored += result.restored
+        self.skipped += result.skipped
+
+
+@dataclass
+class SyncSummary:
+    """What a sync did."""
+
+    local: str
+    peer: str
+    tables: dict[str, TableCounts] = field(default_factory=dict)
+    batches: int = 0
+    seconds: float = 0.0
+
+    def table(self, name: str) -> TableCounts:
+        """The counts of one table (created on first use)."""
+        return self.tables.setdefault(name, TableCounts())
+
+    @property
+    def conflicts(self) -> int:
+        """Conflicts recorded on both sides."""
+        return sum(t.conflicts for t in self.tables.values())
+
+    @property
+    def nothing_to_do(self) -> bool:
+        """Whether no row travelled."""
+        return all(t.received == 0 and t.sent == 0 for t in self.tables.values())
+
+
+def policies_of(node: Node, overrides: Sequence[PolicyOverride] = ()) -> PolicyMap:
+    """The policy map of a node's configuration with ``overrides`` applied, from its own view."""
+    policies: PolicyMap = {}
+    for _, name, policy, settings in node.rows:
+        policies[name.lower()] = policy
+        for column, column_policy in settings.column_policies.items():
+            policies[f"{name.lower()}.{column}"] = column_policy
+    for override in overrides:
+        if override.table is None:
+            policies = {"": override.policy}
+        elif override.column is None:
+            policies = {k: v for k, v in policies.items() if k.split(".")[0] != override.table}
+            policies[override.table] = override.policy
+        else:
+            policies[f"{override.table}.{override.column}"] = override.policy
+    return policies
+
+
+def sync(
+    db: Database,
+    peer: Database | str | Peer,
+    *,
+    pull: bool = True,
+    push: bool = True,
+    policies: Sequence[PolicyOverride] = (),
+    progress: ProgressCallback | None = None,
+    batch_rows: int = BATCH_ROWS,
+) -> SyncSummary:
+    """Exchange changes between node ``db`` and ``peer`` (pull, then push).
+
+    ``peer`` is another database (URL, path or open ``Database``) or any ``Peer``.
+    """
+    started = time.perf_counter()
+    local = LocalPeer(db, owned=False)
+    remote: Peer = LocalPeer(peer) if isinstance(peer, Database | str) else peer
+    try:
+        here, there = local.hello(), remote.hello()
+        if here.node_id == there.node_id:
+            raise SameNode(
+                "{db} and {peer} are the same node",
+                "give the database of another node",
+                db=db.name,
+                peer=remote.label,
+            )
+        fingerprint.check(
+            local.label, here.shapes, here.fingerprint, remote.label, there.shapes, there.fingerprint
+        )
+        summary = SyncSummary(local.label, remote.label)
+        mine = policies_of(local.node, policies)
+        report = progress or (lambda label, done, total: None)
+        if pull:
+            transfer(remote, there, local, here, mine, summary, report, incoming=True, batch_rows=batch_rows)
+        if push:
+            if pull:  # what the pull merged here goes back in the same sync
+                here = local.hello()
+            theirs = {k: swap(v) for k, v in mine.items()}
+            transfer(
+                local, here, remote, there, theirs, summary, report, incoming=False, batch_rows=batch_rows
+            )
+        if not summary.nothing_to_do or not local.cursors(there.node_id):
+            url = (
+                remote.db.url.render_as_string(hide_password=True) if isinstance(remote, LocalPeer) else None
+            )
+            local.met(there.node_id, there.name, url)
+            remote.met(here.node_id, here.name, None)
+    finally:
+        if remote is not peer:
+            remote.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def transfer(
+    source: Peer,
+    source_hello: Hello,
+    target: Peer,
+    target_hello: Hello,
+    policies: PolicyMap,
+    summary: SyncSummary,
+    progress: ProgressCallback,
+    *,
+    incoming: bool,
+    batch_rows: int = BATCH_ROWS,
+) -> None:
+    """Send ``source``'s changes after ``target``'s cursors to ``target``."""
+    since = target.cursors(source_hello.node_id)
+    plan = source.plan(since, source_hello.seq)
+    total = sum(count for _, _, count in plan)
+    label = "Receiving" if incoming else "Sending"
+    done = 0
+    if total:
+        progress(label, 0, total)
+    empty = [(table, stream) for table, stream, count in plan if count == 0]
+    if empty:
+        target.advance(source_hello.node_id, empty, source_hello.seq)
+    for table, stream, count in plan:
+        if count == 0:
+            continue
+        batches = source.changes(
+            table, stream, since.get((table, stream), 0), source_hello.seq, target_hello.node_id, batch_rows
+        )
+        for batch in batches:
+            result = apply_with_references(source, target, batch, policies)
+            summary.table(table).add(result, len(batch.rows), incoming=incoming)
+            summary.batches += 1
+            done += len(batch.rows)
+            progress(label, min(done, total), total)
+
+
+def apply_with_references(
+    source: Peer, target: Peer, batch: Batch, policies: PolicyMap, *, restore: bool = False, depth: int = 0
+) -> ApplyResult:
+    """Apply ``batch``; first fetch and apply the referenced rows the target lacks.
+
+    Rows the target has deleted come back (``restore``); rows gone on the source
+    too make the rows referencing them wait for their own deletion.
+    """
+    skip: set[str] = set()
+    for _ in range(RETRIES + MAX_DEPTH):
+        try:
+            result = target.apply(batch, policies, restore=restore, skip=frozenset(skip))
+        except ConcurrentWrite:
+            continue
+        if not result.missing:
+            return result
+        if depth >= MAX_DEPTH:
+            break
+        for table, gids in result.missing.items():
+            fetched = source.fetch(table, gids)
+            present = [r for r in fetched.rows if r.alive]
+            skip.update(set(gids) - {r.gid for r in present})
+            if present:
+                fetched.rows = present
+                fetched.stream = ALIVE
+                apply_with_references(source, target, fetched, policies, restore=True, depth=depth + 1)
+    raise ErpSyncError(
+        "cannot apply changes of {table}: the rows they reference keep changing",
+        "run the sync again",
+        table=batch.table,
+    )
+
+
+__all__ = ["ALIVE", "GONE", "SyncSummary", "TableCounts", "policies_of", "sync"]
