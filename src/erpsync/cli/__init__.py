@@ -15,9 +15,11 @@ import click
 
 from erpsync import __version__
 from erpsync.cli import db as db_commands
+from erpsync.cli.backup import backup
 from erpsync.cli.duplicate import duplicate_group
 from erpsync.cli.output import err_console
 from erpsync.cli.procedures import procedures
+from erpsync.cli.transfer import export_command, import_command
 from erpsync.errors import ErpSyncError
 from erpsync.i18n import set_language, tr
 
@@ -72,6 +74,9 @@ def cli(ctx: click.Context, debug: bool, lang: str | None) -> None:
 cli.add_command(db_commands.db)
 cli.add_command(duplicate_group, name="duplicate")
 cli.add_command(procedures)
+cli.add_command(export_command)
+cli.add_command(import_command)
+cli.add_command(backup)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -18,6 +19,9 @@ from erpsync.errors import DatabaseError, ErpSyncError
 # The driver has no adapter for Decimal; text keeps the exact value and SQLite's
 # NUMERIC affinity stores it as a number.
 sqlite3.register_adapter(Decimal, str)
+# Explicit ISO adapters (Python 3.12 deprecates the implicit ones), in SQLAlchemy's own layout.
+sqlite3.register_adapter(datetime, lambda value: value.isoformat(sep=" "))
+sqlite3.register_adapter(date, lambda value: value.isoformat())
 
 
 class SQLite(Dialect):

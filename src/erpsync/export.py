@@ -1,0 +1,407 @@
+"""A complete, portable export of a database, and its import (replace, or merge without replacement).
+
+An export is a folder: ``manifest.json`` (schema and fingerprint, row counts,
+checksums) and one gzip-compressed file per table, JSON Lines by default (one
+JSON array per row) or CSV. Values are written in one canonical spelling
+(decimals at the column's scale, dates and date-times in ISO form, Unicode as
+is, NULL as null), rows in primary-key order and gzip headers without a
+timestamp, so exporting the same data from SQLite, MariaDB or PostgreSQL gives
+byte-identical table files.
+
+Import checks every file against the manifest before writing anything, then
+loads everything in one transaction. ``merge`` is the spec's "fusion sans
+remplacement": it adds the rows that are missing, overwrites nothing, and
+reports the rows that differ.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, MetaData, Table, delete, func, select, tuple_
+from sqlalchemy.sql import sqltypes
+
+from erpsync import __version__
+from erpsync.db import Database
+from erpsync.errors import InvalidArgument, SchemaMismatch
+from erpsync.schema import ERP_TABLES, erp_tables, type_signature
+from erpsync.sync.encoding import encoder
+
+ProgressCallback = Callable[[str, int, int], None]
+FORMATS = ("jsonl", "csv")
+MANIFEST = "manifest.json"
+CHUNK = 5000
+CSV_NULL = "\\N"
+
+
+@dataclass(frozen=True)
+class TableManifest:
+    """One exported table: its columns (canonical names and types), rows and checksums."""
+
+    name: str
+    columns: list[dict[str, Any]]
+    primary_key: list[str]
+    rows: int
+    file: str
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    """What an export holds; written as manifest.json."""
+
+    format: str
+    tables: list[TableManifest]
+    schema_fingerprint: str
+    source: str = ""
+    created: str = ""
+    erpsync: str = __version__
+
+    def to_json(self) -> str:
+        data = {
+            "erpsync_export": 1,
+            "erpsync": self.erpsync,
+            "created": self.created,
+            "source": self.source,
+            "format": self.format,
+            "schema_fingerprint": self.schema_fingerprint,
+            "tables": [t.__dict__ for t in self.tables],
+        }
+        return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def application_tables(conn: Connection) -> list[Table]:
+    """The tables to export, parents before children (erpsync's own tables excluded)."""
+    metadata = MetaData()
+    metadata.reflect(conn, only=lambda name, _: not name.lower().startswith("erpsync_"))
+    return list(metadata.sorted_tables)
+
+
+def canonical_names(db: Database) -> dict[str, tuple[str, dict[str, str]]]:
+    """Stored table name (lower) → (spec table name, {stored column (lower) → spec column})."""
+    out = {}
+    for spec in ERP_TABLES:
+        table = erp_tables(db.dialect)[spec]
+        out[table.name.lower()] = (spec, {c.name.lower(): c.key for c in table.columns})
+    return out
+
+
+def _describe(table: Table, names: dict[str, tuple[str, dict[str, str]]]) -> tuple[str, list[dict[str, Any]]]:
+    spec, columns = names.get(table.name.lower(), (table.name, {}))
+    described = [
+        {
+            "name": columns.get(c.name.lower(), c.name),
+            "type": type_signature(c.type),
+            "nullable": bool(c.nullable),
+        }
+        for c in table.columns
+    ]
+    return spec, described
+
+
+def fingerprint(tables: Sequence[tuple[str, list[dict[str, Any]]]]) -> str:
+    """A hash of table names, column names and types, compared case-insensitively."""
+    text = "\n".join(
+        f"{name.lower()}:" + ",".join(f"{c['name'].lower()} {c['type']}" for c in columns)
+        for name, columns in sorted(tables, key=lambda t: t[0].lower())
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def describe_database(conn: Connection, db: Database) -> tuple[str, dict[str, int]]:
+    """The schema fingerprint of ``db`` and the rows of each table, read through ``conn``."""
+    names = canonical_names(db)
+    described, rows = [], {}
+    for table in application_tables(conn):
+        spec, columns = _describe(table, names)
+        described.append((spec, columns))
+        rows[spec] = int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+    return fingerprint(described), rows
+
+
+def _json_value(column_type: sqltypes.TypeEngine[Any]) -> Callable[[Any], Any]:
+    """Python value → JSON value: ints and booleans as such, everything else canonical text."""
+    if isinstance(column_type, sqltypes.Boolean):
+        return lambda v: None if v is None else bool(v)
+    if isinstance(column_type, sqltypes.Integer):
+        return lambda v: None if v is None else int(v)
+    text = encoder(column_type)
+    return lambda v: None if v is None else text(v)
+
+
+def _gzip_writer(path: Path) -> gzip.GzipFile:
+    # No file name and a zero timestamp in the header: the same rows give the same bytes.
+    return gzip.GzipFile(filename="", mode="wb", fileobj=path.open("wb"), mtime=0)
+
+
+def export_database(
+    db: Database, out: Path, *, fmt: str = "jsonl", progress: ProgressCallback | None = None
+) -> Manifest:
+    """Write every application table of ``db`` into the folder ``out`` (created; must be empty)."""
+    if fmt not in FORMATS:
+        raise InvalidArgument("unknown export format {fmt!r}", "use jsonl or csv", fmt=fmt)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise InvalidArgument("{path} is not empty", "export into a new or empty folder", path=str(out))
+    out.mkdir(parents=True, exist_ok=True)
+    names = canonical_names(db)
+    manifests: list[TableManifest] = []
+    with db.connect() as conn:
+        for table in application_tables(conn):
+            spec, columns = _describe(table, names)
+            file = out / f"{spec}.{fmt}.gz"
+            convert = [_json_value(c.type) for c in table.columns]
+            count = 0
+            with _gzip_writer(file) as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as text:
+                writer = csv.writer(text, lineterminator="\n") if fmt == "csv" else None
+                if writer:
+                    writer.writerow([c["name"] for c in columns])
+                order = list(table.primary_key.columns) or list(table.columns)
+                result = conn.execution_options(stream_results=True, yield_per=CHUNK).execute(
+                    select(table).order_by(*order)
+                )
+                for row in result:
+                    values = [f(v) for f, v in zip(convert, row, strict=True)]
+                    if writer:
+                        writer.writerow([_csv_cell(v) for v in values])
+                    else:
+                        text.write(json.dumps(values, ensure_ascii=False, separators=(",", ":")) + "\n")
+                    count += 1
+                    if progress and count % CHUNK == 0:
+                        progress(spec, count, count)
+            if progress:
+                progress(spec, count, count)
+            pk_names = [columns[list(table.columns).index(c)]["name"] for c in table.primary_key.columns]
+            manifests.append(TableManifest(spec, columns, pk_names, count, file.name, _sha256(file)))
+    manifest = Manifest(
+        fmt,
+        manifests,
+        fingerprint([(t.name, t.columns) for t in manifests]),
+        source=f"{db.dialect.label} {db.name}",
+        created=datetime.now().replace(microsecond=0).isoformat(sep=" "),
+    )
+    (out / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+    return manifest
+
+
+def _csv_cell(value: Any) -> Any:
+    """NULL is written \\N; text starting with a backslash gets one more, so \\N stays text."""
+    if value is None:
+        return CSV_NULL
+    return "\\" + value if isinstance(value, str) and value.startswith("\\") else value
+
+
+def _csv_value(cell: str) -> str | None:
+    if cell == CSV_NULL:
+        return None
+    return cell[1:] if cell.startswith("\\") else cell
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- import ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ImportReport:
+    """What an import did, per table: rows added, rows already there, rows that differ."""
+
+    mode: str
+    added: dict[str, int] = field(default_factory=dict)
+    identical: dict[str, int] = field(default_factory=dict)
+    differing: dict[str, list[list[Any]]] = field(default_factory=dict)
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """The manifest of an export, after checking that every table file is complete and intact."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        manifest = Manifest(
+            data["format"],
+            [TableManifest(**t) for t in data["tables"]],
+            data["schema_fingerprint"],
+            data.get("source", ""),
+            data.get("created", ""),
+            data.get("erpsync", ""),
+        )
+    except FileNotFoundError:
+        raise InvalidArgument(
+            "{path} is not an erpsync export: it has no manifest.json",
+            "give the folder written by: erpsync export DB FOLDER",
+            path=str(folder),
+        ) from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidArgument(
+            "the manifest of {path} is damaged: {reason}",
+            "export the data again",
+            path=str(folder),
+            reason=str(exc),
+        ) from None
+    for table in manifest.tables:
+        file = folder / table.file
+        if not file.is_file() or _sha256(file) != table.sha256:
+            raise InvalidArgument(
+                "{file} is missing, truncated or damaged (its checksum differs from the "
+                "manifest); nothing was imported",
+                "export the data again",
+                file=str(file),
+            )
+    return manifest
+
+
+def _python_value(column_type: sqltypes.TypeEngine[Any]) -> Callable[[Any], Any]:
+    """JSON or CSV value → the Python value the driver expects for ``column_type``."""
+    if isinstance(column_type, sqltypes.Boolean):
+        return lambda v: None if v is None else v in (True, 1, "1", "True", "true")
+    if isinstance(column_type, sqltypes.Integer):
+        return lambda v: None if v is None else int(v)
+    if isinstance(column_type, sqltypes.Float):
+        return lambda v: None if v is None else float(v)
+    if isinstance(column_type, sqltypes.Numeric):
+        return lambda v: None if v is None else Decimal(str(v))
+    if isinstance(column_type, sqltypes.DateTime):
+        return lambda v: None if v is None else datetime.fromisoformat(v)
+    if isinstance(column_type, sqltypes.Date):
+        return lambda v: None if v is None else date.fromisoformat(v)
+    if isinstance(column_type, sqltypes.Time):
+        return lambda v: None if v is None else time.fromisoformat(v)
+    if isinstance(column_type, sqltypes._Binary):
+        return lambda v: None if v is None else bytes.fromhex(v)
+    return lambda v: v
+
+
+def _rows(folder: Path, table: TableManifest, fmt: str) -> Iterator[list[Any]]:
+    with gzip.open(folder / table.file, "rt", encoding="utf-8", newline="") as text:
+        if fmt == "csv":
+            reader = csv.reader(text)
+            next(reader)
+            for row in reader:
+                yield [_csv_value(v) for v in row]
+        else:
+            for line in text:
+                yield json.loads(line)
+
+
+def import_database(
+    folder: Path, db: Database, *, mode: str = "replace", progress: ProgressCallback | None = None
+) -> ImportReport:
+    """Load an export into ``db`` in one transaction.
+
+    ``replace`` empties the exported tables and loads them; ``merge`` adds the
+    rows whose primary key is missing, leaves existing rows as they are and
+    reports those whose content differs. The target must have the exported
+    tables and columns (create the ERP schema with ``erpsync db init``).
+    """
+    if mode not in ("replace", "merge"):
+        raise InvalidArgument("unknown import mode {mode!r}", "use replace or merge", mode=mode)
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    report = ImportReport(mode)
+    with db.begin() as conn:
+        targets = _match_tables(conn, manifest)
+        if mode == "replace":
+            for _, table, _ in reversed(targets):
+                conn.execute(delete(table))
+        for entry, table, columns in targets:
+            convert = [_python_value(c.type) for c in columns]
+            rows = (
+                [f(v) for f, v in zip(convert, row, strict=True)]
+                for row in _rows(folder, entry, manifest.format)
+            )
+            keys = [c.key for c in columns]
+            if mode == "replace":
+                report.added[entry.name] = db.dialect.bulk_insert(conn, table, keys, (tuple(r) for r in rows))
+            else:
+                _merge_table(conn, db, entry, table, columns, rows, report)
+            db.dialect.after_explicit_ids(conn, table)
+            if progress:
+                progress(entry.name, entry.rows, entry.rows)
+    return report
+
+
+def _match_tables(conn: Connection, manifest: Manifest) -> list[tuple[TableManifest, Table, list[Any]]]:
+    """Each exported table with its target table and columns in export order; refuse any mismatch."""
+    present = {t.name.lower(): t for t in application_tables(conn)}
+    problems: list[str] = []
+    matched = []
+    for entry in manifest.tables:
+        table = present.get(entry.name.lower())
+        if table is None:
+            problems.append(f"{entry.name}: missing table")
+            continue
+        by_name = {c.name.lower(): c for c in table.columns}
+        columns = []
+        for column in entry.columns:
+            target = by_name.pop(column["name"].lower(), None)
+            if target is None:
+                problems.append(f"{entry.name}: missing column {column['name']}")
+            elif type_signature(target.type) != column["type"]:
+                problems.append(
+                    f"{entry.name}.{column['name']} is {type_signature(target.type)}, "
+                    f"the export has {column['type']}"
+                )
+            else:
+                columns.append(target)
+        problems += [f"{entry.name}: column {name} is not in the export" for name in by_name]
+        matched.append((entry, table, columns))
+    if problems:
+        raise SchemaMismatch(
+            "the export does not match the database: {differences}",
+            "import into a database with the same schema (erpsync db init creates the ERP "
+            "schema); nothing was imported",
+            differences="; ".join(problems),
+        )
+    return matched
+
+
+def _merge_table(
+    conn: Connection,
+    db: Database,
+    entry: TableManifest,
+    table: Table,
+    columns: list[Any],
+    rows: Iterator[list[Any]],
+    report: ImportReport,
+) -> None:
+    """Insert the rows whose primary key is missing; compare the others, chunk by chunk."""
+    pk_positions = [i for i, c in enumerate(columns) if c.primary_key]
+    pk_columns = [columns[i] for i in pk_positions]
+    encoders = [encoder(c.type) for c in columns]
+    added = identical = 0
+    differing: list[list[Any]] = []
+    while chunk := [row for _, row in zip(range(CHUNK), rows, strict=False)]:
+        keys = [tuple(row[i] for i in pk_positions) for row in chunk]
+        existing = {
+            tuple(found[i] for i in pk_positions): [e(v) for e, v in zip(encoders, found, strict=True)]
+            for found in conn.execute(select(*columns).where(tuple_(*pk_columns).in_(keys)))
+        }
+        missing = [tuple(row) for key, row in zip(keys, chunk, strict=True) if key not in existing]
+        added += db.dialect.bulk_insert(conn, table, [c.key for c in columns], missing)
+        for key, row in zip(keys, chunk, strict=True):
+            if key in existing:
+                if existing[key] == [e(v) for e, v in zip(encoders, row, strict=True)]:
+                    identical += 1
+                else:
+                    differing.append(list(key))
+    report.added[entry.name] = added
+    report.identical[entry.name] = identical
+    if differing:
+        report.differing[entry.name] = differing
