@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.table import Table
@@ -46,10 +46,10 @@ def scratch_database(engine: str) -> Iterator[str]:
         admin.dispose()
 
 
-def timed(action: Callable[[], T]) -> tuple[float, T]:
-    """Seconds ``action`` took, and what it returned."""
+def timed(action: Callable[..., T], *args: Any) -> tuple[float, T]:
+    """Seconds ``action(*args)`` took, and what it returned."""
     started = time.perf_counter()
-    result = action()
+    result = action(*args)
     return time.perf_counter() - started, result
 
 
