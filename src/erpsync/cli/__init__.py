@@ -16,6 +16,7 @@ import click
 from erpsync import __version__
 from erpsync.cli import db as db_commands
 from erpsync.cli.backup import backup
+from erpsync.cli.config import config
 from erpsync.cli.duplicate import duplicate_group
 from erpsync.cli.output import err_console
 from erpsync.cli.procedures import procedures
@@ -77,6 +78,7 @@ cli.add_command(procedures)
 cli.add_command(export_command)
 cli.add_command(import_command)
 cli.add_command(backup)
+cli.add_command(config)
 
 
 def main() -> None:

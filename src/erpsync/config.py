@@ -1,0 +1,300 @@
+"""The configuration file, ``erpsync.toml``: this node, its peers, policies, interval, backups.
+
+Validated with pydantic; every wrong field is reported at once, one per line
+of the message, naming the field and what is expected. Tokens may be written
+in the file or, better, read from an environment variable (``token_env``).
+The old formats of the scripts erpsync replaces (``network_config.json``,
+``erp_launcher_config.json``) are read by ``import_legacy``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from erpsync.errors import ErpSyncError, InvalidArgument, NotFound
+from erpsync.sync.policies import POLICIES
+
+DEFAULT_PATH = Path("erpsync.toml")
+PEER_SCHEMES = ("http", "https", "ssh", "file", "sqlite", "mysql", "mariadb", "postgresql", "postgres")
+
+
+class ConfigInvalid(ErpSyncError):
+    """The configuration file does not parse or holds wrong values."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeConfig(_Model):
+    """This node: its name and its database (URL or SQLite file path)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    database: str = Field(min_length=1)
+
+
+class PeerConfig(_Model):
+    """A node this one syncs with."""
+
+    name: str = Field(min_length=1, max_length=64)
+    url: str
+    token: str | None = None
+    token_env: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme.split("+")[0]
+        if "://" not in value or scheme not in PEER_SCHEMES:
+            raise ValueError(
+                "must be http(s)://host:port, ssh://user@host/path, file:///shared/folder or a database URL"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_token(self) -> PeerConfig:
+        if self.token and self.token_env:
+            raise ValueError("give token or token_env, not both")
+        return self
+
+    def secret(self) -> str | None:
+        """The peer's token, from the file or from its environment variable."""
+        return os.environ.get(self.token_env) if self.token_env else self.token
+
+
+class SyncConfig(_Model):
+    """When and how this node syncs."""
+
+    interval: int = Field(default=300, ge=5, description="seconds between two syncs of the service")
+    jitter: int = Field(default=30, ge=0)
+    policy: str = "lww"
+    policies: dict[str, str] = Field(default_factory=dict)
+    tables: list[str] | None = None
+    exclude: list[str] = Field(default_factory=list)
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, value: str) -> str:
+        if value not in POLICIES:
+            raise ValueError(f"{value!r} is not a policy: use " + ", ".join(POLICIES))
+        return value
+
+    @field_validator("policies")
+    @classmethod
+    def _policies(cls, value: dict[str, str]) -> dict[str, str]:
+        for policy in value.values():
+            cls._policy(policy)
+        return value
+
+
+class BackupConfig(_Model):
+    """Backups taken before every sync that writes."""
+
+    before_sync: bool = True
+    folder: str | None = None
+    keep_last: int | None = Field(default=20, ge=1)
+    keep_days: int | None = Field(default=None, ge=0)
+
+
+class Config(_Model):
+    """The whole file."""
+
+    node: NodeConfig
+    sync: SyncConfig = SyncConfig()
+    peers: list[PeerConfig] = Field(default_factory=list)
+    backup: BackupConfig = BackupConfig()
+
+    @model_validator(mode="after")
+    def _unique_peers(self) -> Config:
+        names = [p.name.lower() for p in self.peers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"peer names must be unique: {', '.join(duplicates)}")
+        return self
+
+    def peer(self, name: str) -> PeerConfig:
+        """The peer called ``name`` (case-insensitive)."""
+        for peer in self.peers:
+            if peer.name.lower() == name.lower():
+                return peer
+        raise NotFound(
+            "no peer {name} in the configuration",
+            "the peers are: {names}",
+            name=name,
+            names=", ".join(p.name for p in self.peers) or "-",
+        )
+
+
+def load_config(path: Path = DEFAULT_PATH) -> Config:
+    """Read and validate a configuration file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NotFound(
+            "no configuration file {path}", "write one with: erpsync config init {path}", path=str(path)
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigInvalid(
+            "{path} is not valid TOML: {reason}", "fix the line it names", path=str(path), reason=str(exc)
+        ) from None
+    return validate(data, str(path))
+
+
+def validate(data: dict[str, Any], origin: str) -> Config:
+    """A ``Config`` from parsed data, or one ``ConfigInvalid`` naming every wrong field."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{_where(e['loc'])}: {_what(e)}" for e in exc.errors()]
+        raise ConfigInvalid(
+            "{path} has {count} wrong fields: {problems}",
+            "fix them; erpsync config init writes a commented example",
+            path=origin,
+            count=len(problems),
+            problems="; ".join(problems),
+        ) from None
+
+
+def _where(location: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in location:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(file)"
+
+
+def _what(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown field"
+    if error["type"] == "missing":
+        return "required"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+EXAMPLE = """\
+# erpsync configuration: this node, the nodes it syncs with, and how.
+# Check it with: erpsync config check
+
+[node]
+name = "PC1"                      # how the other nodes call this one
+database = "C:/ERP/erp.sqlite"    # a SQLite file, or a URL such as mysql+pymysql://user:pw@host/erp
+
+[sync]
+interval = 300                    # seconds between two syncs of the service (the old scripts: 300)
+jitter = 30                       # up to this many seconds added, so PCs do not all sync at once
+policy = "lww"                    # lww, no-overwrite, prefer-local, prefer-remote or manual
+# exclude = ["tb_Logs"]           # tables not to sync
+
+[sync.policies]                   # per table, or per column
+# tb_Client = "no-overwrite"      # the old "fusion sans remplacement"
+# "tb_Commande.Statut" = "manual"
+
+[[peers]]
+name = "serveur"
+url = "https://erp.example.fr:8443"
+token_env = "ERPSYNC_TOKEN_SERVEUR"   # read the token from this environment variable
+
+# [[peers]]
+# name = "PC2"
+# url = "http://192.168.1.101:8001"
+# token = "…"
+
+[backup]
+before_sync = true                # a backup of the local database before every sync that writes
+keep_last = 20                    # keep the 20 newest backups
+# keep_days = 30                  # and/or those of the last 30 days
+# folder = "C:/ERP/backups"
+"""
+
+
+def write_example(path: Path = DEFAULT_PATH, *, force: bool = False) -> Path:
+    """Write the commented example configuration (refusing to overwrite a file unless ``force``)."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise InvalidArgument(
+            "{path} already exists", "choose another path, or overwrite it with --force", path=str(path)
+        )
+    path.write_text(EXAMPLE, encoding="utf-8")
+    return path
+
+
+def import_legacy(file: Path, *, database: str | None = None, name: str | None = None) -> Config:
+    """A configuration from the old scripts' ``network_config.json`` or ``erp_launcher_config.json``."""
+    file = Path(file)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NotFound(
+            "no file {path}",
+            "give the path of network_config.json or erp_launcher_config.json",
+            path=str(file),
+        ) from None
+    except ValueError as exc:
+        raise ConfigInvalid(
+            "{path} is not valid JSON: {reason}", "check the file", path=str(file), reason=str(exc)
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigInvalid("{path} is not an old erpsync configuration", "check the file", path=str(file))
+    pcs = data.get("pc_list") or data.get("pcs") or data.get("peers") or []
+    peers = []
+    for pc in pcs if isinstance(pcs, list) else []:
+        if not isinstance(pc, dict) or not (pc.get("ip") or pc.get("host")):
+            continue
+        host, port = pc.get("ip") or pc.get("host"), pc.get("port", 8001)
+        peers.append({"name": str(pc.get("name") or host), "url": f"http://{host}:{port}"})
+    folder = data.get("shared_folder") or data.get("dossier_partage") or data.get("sync_folder")
+    if folder:
+        peers.append({"name": "dossier-partage", "url": Path(str(folder)).absolute().as_uri()})
+    node_name = (
+        name
+        or data.get("pc_name")
+        or data.get("nom_pc")
+        or data.get("name")
+        or os.environ.get("COMPUTERNAME", "PC")
+    )
+    db = database or data.get("db_path") or data.get("database") or data.get("local_db") or "erp.sqlite"
+    interval = data.get("sync_interval") or data.get("interval") or 300
+    return validate(
+        {
+            "node": {"name": str(node_name), "database": str(db)},
+            "sync": {"interval": int(interval)},
+            "peers": peers,
+        },
+        str(file),
+    )
+
+
+def to_toml(config: Config) -> str:
+    """A configuration as TOML text (for import-legacy)."""
+    lines = [
+        "# Converted by erpsync config import-legacy; check it with: erpsync config check",
+        "",
+        "[node]",
+        f"name = {_toml(config.node.name)}",
+        f"database = {_toml(config.node.database)}",
+        "",
+        "[sync]",
+        f"interval = {config.sync.interval}",
+        f"jitter = {config.sync.jitter}",
+        f"policy = {_toml(config.sync.policy)}",
+    ]
+    for peer in config.peers:
+        lines += ["", "[[peers]]", f"name = {_toml(peer.name)}", f"url = {_toml(peer.url)}"]
+        if peer.token_env:
+            lines.append(f"token_env = {_toml(peer.token_env)}")
+    backup = config.backup
+    lines += ["", "[backup]", f"before_sync = {str(backup.before_sync).lower()}"]
+    if backup.keep_last is not None:
+        lines.append(f"keep_last = {backup.keep_last}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)

@@ -1,0 +1,140 @@
+"""The configuration file: the example validates, each wrong field is named, old formats convert."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from erpsync.cli import cli
+from erpsync.config import ConfigInvalid, import_legacy, load_config, to_toml, validate, write_example
+from erpsync.errors import InvalidArgument, NotFound
+
+
+def test_the_written_example_is_valid(tmp_path: Path) -> None:
+    path = write_example(tmp_path / "erpsync.toml")
+    config = load_config(path)
+    assert (config.node.name, config.sync.interval, config.sync.policy) == ("PC1", 300, "lww")
+    assert [p.name for p in config.peers] == ["serveur"]
+    assert config.backup.before_sync and config.backup.keep_last == 20
+    with pytest.raises(InvalidArgument, match="already exists"):
+        write_example(path)
+
+
+def test_every_wrong_field_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        '[node]\nname = ""\n[sync]\ninterval = 1\npolicy = "win"\ncolour = "blue"\n'
+        '[sync.policies]\ntb_Client = "merge"\n'
+        '[[peers]]\nname = "a"\nurl = "ftp://x"\n'
+        '[[peers]]\nname = "b"\nurl = "http://127.0.0.1:8001"\ntoken = "t"\ntoken_env = "T"\n'
+    )
+    with pytest.raises(ConfigInvalid) as caught:
+        load_config(path)
+    message = str(caught.value)
+    for expected in (
+        "node.name:",
+        "node.database: required",
+        "sync.interval:",
+        "sync.policy: 'win' is not a policy",
+        "sync.colour: unknown field",
+        "sync.policies: 'merge' is not a policy",
+        "peers[0].url: must be",
+        "peers[1]: give token or token_env, not both",
+    ):
+        assert expected in message
+    assert "\n" not in message
+
+
+def test_peer_names_are_unique_and_tokens_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigInvalid, match="peer names must be unique: pc2"):
+        validate(
+            {
+                "node": {"name": "PC1", "database": "erp.sqlite"},
+                "peers": [{"name": "PC2", "url": "http://h:1"}, {"name": "pc2", "url": "http://h:2"}],
+            },
+            "x",
+        )
+    config = validate(
+        {
+            "node": {"name": "PC1", "database": "erp.sqlite"},
+            "peers": [{"name": "srv", "url": "https://h:8443", "token_env": "ERPSYNC_T"}],
+        },
+        "x",
+    )
+    monkeypatch.setenv("ERPSYNC_T", "s3cret")
+    assert config.peer("SRV").secret() == "s3cret"
+    with pytest.raises(NotFound, match="no peer nope"):
+        config.peer("nope")
+
+
+def test_toml_syntax_errors_and_missing_files(tmp_path: Path) -> None:
+    (tmp_path / "broken.toml").write_text("[node\nname = 1\n")
+    with pytest.raises(ConfigInvalid, match="not valid TOML"):
+        load_config(tmp_path / "broken.toml")
+    with pytest.raises(NotFound, match="no configuration file") as caught:
+        load_config(tmp_path / "absent.toml")
+    assert "erpsync config init" in caught.value.hint
+
+
+def test_network_config_json_converts(tmp_path: Path) -> None:
+    legacy = tmp_path / "network_config.json"
+    legacy.write_text(
+        json.dumps(
+            {
+                "pc_list": [
+                    {"name": "PC1", "ip": "192.168.1.100", "port": 8001},
+                    {"name": "PC2", "ip": "192.168.1.101", "port": 8002},
+                ],
+                "sync_interval": 30,
+                "last_sync": None,
+            }
+        )
+    )
+    config = import_legacy(legacy, database="C:/ERP/erp.sqlite", name="PC3")
+    assert [(p.name, p.url) for p in config.peers] == [
+        ("PC1", "http://192.168.1.100:8001"),
+        ("PC2", "http://192.168.1.101:8002"),
+    ]
+    assert (config.node.name, config.node.database, config.sync.interval) == ("PC3", "C:/ERP/erp.sqlite", 30)
+    out = tmp_path / "erpsync.toml"
+    out.write_text(to_toml(config))
+    assert load_config(out) == config
+
+
+def test_erp_launcher_config_json_converts(tmp_path: Path) -> None:
+    legacy = tmp_path / "erp_launcher_config.json"
+    shared = tmp_path / "partage"
+    legacy.write_text(
+        json.dumps(
+            {
+                "sync_interval": 300,
+                "shared_folder": str(shared),
+                "db_path": "erp.sqlite",
+                "pc_name": "ACCUEIL",
+            }
+        )
+    )
+    config = import_legacy(legacy)
+    assert config.node.name == "ACCUEIL" and config.node.database == "erp.sqlite"
+    assert [(p.name, p.url) for p in config.peers] == [("dossier-partage", shared.as_uri())]
+    legacy.write_text("[1, 2")
+    with pytest.raises(ConfigInvalid, match="not valid JSON"):
+        import_legacy(legacy)
+
+
+def test_config_commands(tmp_path: Path) -> None:
+    runner = CliRunner()
+    path = str(tmp_path / "erpsync.toml")
+    result = runner.invoke(cli, ["--lang", "en", "config", "init", path])
+    assert result.exit_code == 0 and "erpsync config check" in result.stdout
+    result = runner.invoke(cli, ["--lang", "en", "config", "check", path])
+    assert (
+        result.exit_code == 0
+        and "node PC1" in result.stdout
+        and "ERPSYNC_TOKEN_SERVEUR is not set" in result.stdout
+    )
+    result = runner.invoke(cli, ["--lang", "en", "config", "init", path])
+    assert result.exit_code == 1 and result.stderr.startswith(f"Error: {path} already exists")
