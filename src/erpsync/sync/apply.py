@@ -272,7 +272,9 @@ class _Apply:
         self.result.renumbered += len(collisions.renumbered)
         self.renumbered = collisions.renumbered
         by_gid = {i.gid: i for i in incoming}
-        self._write_updates([i for i in (by_gid[r.gid] for r, _ in merges) if i.writes or i.restamped])
+        self._write_updates(
+            [i for i in (by_gid.get(r.gid) for r, _ in merges) if i and (i.writes or i.restamped)]
+        )
         conflicts.close_superseded(self.rows, [i.gid for i in incoming if i.whole])
         self._write_inserts([(r, mine, by_gid[r.gid]) for r, mine, _ in inserts])
         for item in collisions.renumbered:

@@ -86,10 +86,11 @@ class Batch:
     """Node names by node id, for messages."""
 
 
-def plan(node: Node, since: Cursors, upto: int) -> list[tuple[str, int, int]]:
+def plan(node: Node, since: Cursors, upto: int, for_node: str | None = None) -> list[tuple[str, int, int]]:
     """(table, stream, rows to send) for every stream whose cursor is behind ``upto``.
 
-    Rows present go parents first, tombstones children first. Needs no
+    Rows present go parents first, tombstones children first; rows whose state
+    came from ``for_node`` are not counted (they are not sent back). Needs no
     reflection: a sync with little to do stays cheap.
     """
     order = dependency_order(
@@ -98,6 +99,7 @@ def plan(node: Node, since: Cursors, upto: int) -> list[tuple[str, int, int]]:
     numbers = {name.lower(): number for number, name, _, _ in node.rows}
     out = []
     with node.db.connect() as conn:
+        skip = next((no for no, nid in node.peer_ids(conn).items() if nid == for_node), -1)
         for stream in STREAMS:
             for key in order if stream == ALIVE else list(reversed(order)):
                 start = since.get((key, stream), 0)
@@ -106,9 +108,9 @@ def plan(node: Node, since: Cursors, upto: int) -> list[tuple[str, int, int]]:
                 count = conn.execute(
                     text(
                         f"SELECT COUNT(*) FROM {node.db.quote(shadow_name(numbers[key]))} "
-                        "WHERE deleted = :d AND seq > :a AND seq <= :b"
+                        "WHERE deleted = :d AND seq > :a AND seq <= :b AND (src IS NULL OR src <> :p)"
                     ),
-                    {"d": stream, "a": start, "b": upto},
+                    {"d": stream, "a": start, "b": upto, "p": skip},
                 ).scalar_one()
                 out.append((key, stream, int(count)))
     return out

@@ -8,7 +8,7 @@ before reading a row, with the tables and columns that differ.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from erpsync.errors import SchemaMismatch
 from erpsync.i18n import tr
@@ -51,13 +51,21 @@ def differences(here: Shapes, there: Shapes) -> list[str]:
     return out
 
 
-def check(
-    here_name: str, here: Shapes, here_print: str, there_name: str, there: Shapes, there_print: str
-) -> None:
+class Described(Protocol):
+    """What a node's hello carries about its schema."""
+
+    @property
+    def shapes(self) -> Shapes: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+
+def check(here_name: str, here: Described, there_name: str, there: Described) -> None:
     """Raise ``SchemaMismatch`` naming the differences when the fingerprints differ."""
-    if here_print == there_print:
+    if here.fingerprint == there.fingerprint:
         return
-    found = differences(here, there) or [tr("the schema fingerprints differ")]
+    found = differences(here.shapes, there.shapes) or [tr("the schema fingerprints differ")]
     raise SchemaMismatch(
         "{here} and {there} do not sync the same tables: {differences}",
         "make the schemas the same (erpsync db init on both), then run erpsync node init on both",

@@ -59,8 +59,8 @@ class Peer(Protocol):
     def cursors(self, node_id: str) -> Cursors:
         """What this node has applied of ``node_id``'s changes, per table and stream."""
 
-    def plan(self, since: Cursors, upto: int) -> list[tuple[str, int, int]]:
-        """(table, stream, rows) to send after ``since``, up to ``upto``."""
+    def plan(self, since: Cursors, upto: int, for_node: str) -> list[tuple[str, int, int]]:
+        """(table, stream, rows) to send to ``for_node`` after ``since``, up to ``upto``."""
 
     def changes(
         self, table: str, stream: int, since: int, upto: int, for_node: str, batch_rows: int
@@ -131,8 +131,8 @@ class LocalPeer:
             ).all()
         return {(names[r.tbl], int(r.stream)): int(r.seq) for r in rows if r.tbl in names}
 
-    def plan(self, since: Cursors, upto: int) -> list[tuple[str, int, int]]:
-        return changeset.plan(self.node, since, upto)
+    def plan(self, since: Cursors, upto: int, for_node: str) -> list[tuple[str, int, int]]:
+        return changeset.plan(self.node, since, upto, for_node)
 
     def changes(
         self, table: str, stream: int, since: int, upto: int, for_node: str, batch_rows: int

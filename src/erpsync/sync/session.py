@@ -137,9 +137,7 @@ def sync(
                 db=db.name,
                 peer=remote.label,
             )
-        fingerprint.check(
-            local.label, here.shapes, here.fingerprint, remote.label, there.shapes, there.fingerprint
-        )
+        fingerprint.check(local.label, here, remote.label, there)
         summary = SyncSummary(local.label, remote.label)
         mine = policies_of(local.node, policies)
         report = progress or (lambda label, done, total: None)
@@ -179,7 +177,7 @@ def transfer(
 ) -> None:
     """Send ``source``'s changes after ``target``'s cursors to ``target``."""
     since = target.cursors(source_hello.node_id)
-    plan = source.plan(since, source_hello.seq)
+    plan = source.plan(since, source_hello.seq, target_hello.node_id)
     total = sum(count for _, _, count in plan)
     label = "Receiving" if incoming else "Sending"
     done = 0
