@@ -194,6 +194,10 @@ def main() -> None:
         ],
         out,
     )
+    # The stored procedures of issue 4 on the same project, where the engine has them.
+    from bench.procedures import print_procedures
+
+    print_procedures(args.engines.split(","), args.lines)
 
 
 if __name__ == "__main__":

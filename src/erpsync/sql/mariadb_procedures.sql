@@ -532,7 +532,7 @@ proc_main: BEGIN
             v_sqlstate = RETURNED_SQLSTATE, v_errno = MYSQL_ERRNO, v_message = MESSAGE_TEXT;
         IF v_own_tx THEN
             ROLLBACK;
-        ELSEIF v_started THEN
+        ELSEIF v_started AND @@in_transaction = 1 THEN  -- (a deadlock already rolled it all back)
             ROLLBACK TO SAVEPOINT erpsync_duplication;
         END IF;
         SET p_Erreur = 1, p_IdNouveau = NULL;
@@ -608,7 +608,7 @@ proc_main: BEGIN
             v_sqlstate = RETURNED_SQLSTATE, v_errno = MYSQL_ERRNO, v_message = MESSAGE_TEXT;
         IF v_own_tx THEN
             ROLLBACK;
-        ELSEIF v_started THEN
+        ELSEIF v_started AND @@in_transaction = 1 THEN  -- (a deadlock already rolled it all back)
             ROLLBACK TO SAVEPOINT erpsync_duplication;
         END IF;
         SET p_Erreur = 1, p_IdNouveau = NULL;
@@ -682,7 +682,7 @@ proc_main: BEGIN
             v_sqlstate = RETURNED_SQLSTATE, v_errno = MYSQL_ERRNO, v_message = MESSAGE_TEXT;
         IF v_own_tx THEN
             ROLLBACK;
-        ELSEIF v_started THEN
+        ELSEIF v_started AND @@in_transaction = 1 THEN  -- (a deadlock already rolled it all back)
             ROLLBACK TO SAVEPOINT erpsync_duplication;
         END IF;
         SET p_Erreur = 1, p_IdNouveau = NULL;
@@ -755,7 +755,7 @@ proc_main: BEGIN
             v_sqlstate = RETURNED_SQLSTATE, v_errno = MYSQL_ERRNO, v_message = MESSAGE_TEXT;
         IF v_own_tx THEN
             ROLLBACK;
-        ELSEIF v_started THEN
+        ELSEIF v_started AND @@in_transaction = 1 THEN  -- (a deadlock already rolled it all back)
             ROLLBACK TO SAVEPOINT erpsync_duplication;
         END IF;
         SET p_Erreur = 1, p_IdNouveau = NULL;
@@ -828,7 +828,7 @@ proc_main: BEGIN
             v_sqlstate = RETURNED_SQLSTATE, v_errno = MYSQL_ERRNO, v_message = MESSAGE_TEXT;
         IF v_own_tx THEN
             ROLLBACK;
-        ELSEIF v_started THEN
+        ELSEIF v_started AND @@in_transaction = 1 THEN  -- (a deadlock already rolled it all back)
             ROLLBACK TO SAVEPOINT erpsync_duplication;
         END IF;
         SET p_Erreur = 1, p_NbLignes = NULL;
