@@ -159,7 +159,10 @@ def _mariadb(db: Database, folder: Path, base: str) -> tuple[Path, str, str, dic
         str(url.database),
     ]
     partial = target.with_suffix(".partial")
-    with partial.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as out:
+    with (
+        partial.open("wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as out,
+    ):
         _run(command, _mysql_env(db), sink=out)
     partial.replace(target)
     with db.connect() as conn:

@@ -130,18 +130,46 @@ def describe_database(conn: Connection, db: Database) -> tuple[str, dict[str, in
 
 
 def _json_value(column_type: sqltypes.TypeEngine[Any]) -> Callable[[Any], Any]:
-    """Python value → JSON value: ints and booleans as such, everything else canonical text."""
+    """A raw driver value → its JSON value: ints and booleans as such, the rest canonical text.
+
+    Values come straight from the driver (SQLite gives floats and ISO strings,
+    the servers Decimal and datetime); the common cases are formatted directly,
+    anything unusual goes through the canonical encoder.
+    """
+    text = encoder(column_type)
     if isinstance(column_type, sqltypes.Boolean):
         return lambda v: None if v is None else bool(v)
     if isinstance(column_type, sqltypes.Integer):
         return lambda v: None if v is None else int(v)
-    text = encoder(column_type)
+    if isinstance(column_type, sqltypes.Numeric) and not isinstance(column_type, sqltypes.Float):
+        if column_type.scale is None:
+            return lambda v: None if v is None else text(v)
+        spec = f".{column_type.scale}f"
+        return lambda v: (
+            None if v is None else format(v, spec) if isinstance(v, int | float | Decimal) else text(v)
+        )
+    if isinstance(column_type, sqltypes.DateTime):
+        return lambda v: None if v is None else _iso_datetime(v) if isinstance(v, str) else text(v)
+    if isinstance(column_type, sqltypes.Date):
+        return lambda v: None if v is None else v[:10] if isinstance(v, str) and len(v) >= 10 else text(v)
+    if isinstance(column_type, sqltypes.String) and not isinstance(column_type, sqltypes._Binary):
+        return lambda v: v if v is None or isinstance(v, str) else text(v)
     return lambda v: None if v is None else text(v)
+
+
+def _iso_datetime(value: str) -> str:
+    """``2026-01-05 10:00:00`` from SQLite's stored text, with or without microseconds or a T."""
+    if len(value) >= 19 and value[10] in " T":
+        return f"{value[:10]} {value[11:19]}"
+    return encoder(sqltypes.DateTime())(value)
+
+
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def _gzip_writer(path: Path) -> gzip.GzipFile:
     # No file name and a zero timestamp in the header: the same rows give the same bytes.
-    return gzip.GzipFile(filename="", mode="wb", fileobj=path.open("wb"), mtime=0)
+    return gzip.GzipFile(filename="", mode="wb", fileobj=path.open("wb"), mtime=0, compresslevel=6)
 
 
 def export_database(
@@ -167,17 +195,16 @@ def export_database(
                 if writer:
                     writer.writerow([c["name"] for c in columns])
                 order = list(table.primary_key.columns) or list(table.columns)
-                result = conn.execution_options(stream_results=True, yield_per=CHUNK).execute(
-                    select(table).order_by(*order)
-                )
-                for row in result:
-                    values = [f(v) for f, v in zip(convert, row, strict=True)]
+                query = str(select(table).order_by(*order).compile(conn))
+                result = conn.execution_options(stream_results=True).exec_driver_sql(query)
+                while rows := result.fetchmany(CHUNK):
+                    values = [[f(v) for f, v in zip(convert, row, strict=True)] for row in rows]
                     if writer:
-                        writer.writerow([_csv_cell(v) for v in values])
+                        writer.writerows([_csv_cell(v) for v in row] for row in values)
                     else:
-                        text.write(json.dumps(values, ensure_ascii=False, separators=(",", ":")) + "\n")
-                    count += 1
-                    if progress and count % CHUNK == 0:
+                        text.write("".join(_JSON.encode(row) + "\n" for row in values))
+                    count += len(rows)
+                    if progress:
                         progress(spec, count, count)
             if progress:
                 progress(spec, count, count)
