@@ -138,3 +138,15 @@ def test_config_commands(tmp_path: Path) -> None:
     )
     result = runner.invoke(cli, ["--lang", "en", "config", "init", path])
     assert result.exit_code == 1 and result.stderr.startswith(f"Error: {path} already exists")
+
+
+def test_a_command_takes_the_database_by_its_node_name(tmp_path: Path) -> None:
+    runner = CliRunner()
+    db = tmp_path / "erp.sqlite"
+    assert runner.invoke(cli, ["db", "init", str(db)]).exit_code == 0
+    path = tmp_path / "erpsync.toml"
+    path.write_text(f'[node]\nname = "ACCUEIL"\ndatabase = {json.dumps(str(db))}\n')
+    result = runner.invoke(cli, ["--lang", "en", "--config", str(path), "db", "summary", "accueil"])
+    assert result.exit_code == 0 and f"Contents of {db}" in result.stdout
+    result = runner.invoke(cli, ["--lang", "en", "--config", str(path), "db", "summary", "elsewhere"])
+    assert result.exit_code == 1 and "SQLite database file elsewhere does not exist" in result.stderr

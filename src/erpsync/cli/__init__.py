@@ -58,11 +58,18 @@ def _report(ctx: click.Context, message: str, hint: str) -> None:
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks and every SQL statement.")
 @click.option("--lang", type=click.Choice(["fr", "en"]), help="Language of messages (default: from LANG).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="ERPSYNC_CONFIG",
+    help="Configuration file (default: erpsync.toml in this folder, or ERPSYNC_CONFIG).",
+)
 @click.version_option(__version__, prog_name="erpsync", message="%(prog)s %(version)s")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, lang: str | None) -> None:
+def cli(ctx: click.Context, debug: bool, lang: str | None, config_path: str | None) -> None:
     """Sync and deep-copy the data of an ERP across SQLite PCs and a MariaDB or PostgreSQL server."""
-    ctx.obj = {"debug": debug}
+    ctx.obj = {"debug": debug, "config": config_path}
     set_language(lang)
     if debug:
         handler = logging.StreamHandler(sys.stderr)

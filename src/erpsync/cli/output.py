@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
@@ -16,6 +18,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from erpsync.config import DEFAULT_PATH, load_config
 from erpsync.fill import ProgressCallback
 from erpsync.i18n import tr
 
@@ -50,5 +53,27 @@ def progress_bar(transient: bool = True) -> Iterator[ProgressCallback]:
         yield update
 
 
-DB_ARGUMENT = click.argument("db", metavar="DB")
-"""The database every command works on: a SQLAlchemy URL or a SQLite file path."""
+def resolve_database(ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """A database URL, a SQLite path, or the name of a node in the configuration file.
+
+    ``PC1`` means this node's database when erpsync.toml (or ``--config``) names
+    this node PC1, or the URL of peer PC1 when that URL is a database.
+    """
+    if "://" in value or Path(value).exists():
+        return value
+    root = ctx.find_root()
+    path = Path((root.obj or {}).get("config") or DEFAULT_PATH)
+    if not path.is_file():
+        return value
+    config = load_config(path)
+    if value.lower() == config.node.name.lower():
+        return config.node.database
+    for peer in config.peers:
+        if peer.name.lower() == value.lower() and urlsplit(peer.url).scheme.split("+")[0] in DATABASE_SCHEMES:
+            return peer.url
+    return value
+
+
+DATABASE_SCHEMES = ("sqlite", "mysql", "mariadb", "postgresql", "postgres")
+DB_ARGUMENT = click.argument("db", metavar="DB", callback=resolve_database)
+"""The database every command works on: a URL, a SQLite file path, or a node named in erpsync.toml."""
