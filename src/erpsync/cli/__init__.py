@@ -20,6 +20,14 @@ from erpsync.cli.config import config
 from erpsync.cli.duplicate import duplicate_group
 from erpsync.cli.output import err_console
 from erpsync.cli.procedures import procedures
+from erpsync.cli.sync import (
+    conflicts_group,
+    node_group,
+    pull_command,
+    push_command,
+    sync_command,
+    verify_command,
+)
 from erpsync.cli.transfer import export_command, import_command
 from erpsync.errors import ErpSyncError
 from erpsync.i18n import set_language, tr
@@ -86,6 +94,8 @@ cli.add_command(export_command)
 cli.add_command(import_command)
 cli.add_command(backup)
 cli.add_command(config)
+for _command in (node_group, sync_command, pull_command, push_command, conflicts_group, verify_command):
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -41,8 +41,12 @@ from erpsync.sync.policies import (
     PREFER_LOCAL,
     PREFER_REMOTE,
     Relation,
+    Side,
+    Versions,
+    compare,
     decide_column,
-    relation,
+    implied,
+    merged,
 )
 from erpsync.sync.rows import TableRows
 
@@ -359,30 +363,38 @@ class _Apply:
         self, merges: list[tuple[RowChange, RowMapping]], refs: dict[str, dict[str, Key]]
     ) -> list[Incoming]:
         """Decide, column by column, what each present row takes from the remote state."""
-        decided: list[tuple[RowChange, RowMapping, list[Stamp], Relation]] = []
+        decided: list[tuple[RowChange, RowMapping, list[Stamp], Relation, list[Side], Versions]] = []
         for r, mine in merges:
             assert r.clocks is not None
             stamps = self.rows.stamps(mine)
-            rel = relation(stamps, r.clocks)
+            ours = self.rows.versions(mine, stamps)
+            versions = merged(ours, r.versions or implied(r.clocks))
+            rel, sides = compare(stamps, ours, r.clocks, r.versions or implied(r.clocks))
             if r.deleted is not None and r.deleted != self.rows.deleted_stamp(mine):
-                ours = self.rows.deleted_stamp(mine)
-                if ours is None or r.deleted > ours:
+                our_delete = self.rows.deleted_stamp(mine)
+                if our_delete is None or r.deleted > our_delete:
                     self.shadow_updates.append(
                         {"b_gid": r.gid, "dh": r.deleted.hlc, "dn": self.rows.number(r.deleted.node)}
                     )
             if rel in (Relation.EQUAL, Relation.LOCAL_NEWER):
                 self.result.unchanged += 1
+                if versions != ours:  # the peer had seen writes this row's history lacks
+                    self.shadow_updates.append(
+                        {"b_gid": r.gid, "vv": self.rows.versions_text(versions, stamps)}
+                    )
                 continue
-            decided.append((r, mine, stamps, rel))
+            decided.append((r, mine, stamps, rel, sides, versions))
         needs_values = [
             self._key(mine)
-            for r, mine, _, rel in decided
+            for r, mine, _, rel, _, _ in decided
             if rel is Relation.CONCURRENT or NO_OVERWRITE in self._column_policies()
         ]
         current = self.rows.app_values(needs_values) if needs_values else {}
         out = []
-        for r, mine, stamps, rel in decided:
-            out.append(self._merge_row(r, mine, stamps, rel, refs, current.get(self._key(mine))))
+        for r, mine, stamps, rel, sides, versions in decided:
+            incoming = self._merge_row(r, mine, stamps, rel, sides, refs, current.get(self._key(mine)))
+            incoming.versions = versions
+            out.append(incoming)
         return out
 
     def _column_policies(self) -> set[str]:
@@ -394,6 +406,7 @@ class _Apply:
         mine: RowMapping,
         stamps: list[Stamp],
         rel: Relation,
+        sides: list[Side],
         refs: dict[str, dict[str, Key]],
         current: tuple[Any, ...] | None,
     ) -> Incoming:
@@ -405,12 +418,11 @@ class _Apply:
         restamp: set[int] = set()
         differing: list[int] = []
         for i, column in enumerate(self.table.columns):
-            if r.clocks[i] == stamps[i]:
+            if sides[i] is Side.SAME:
                 continue
             same = current is not None and self.encoders[i](current[i]) == self.encoders[i](remote[i])
-            decision = decide_column(
-                policy_for(self.policies, self.table, column.key), rel, stamps[i], r.clocks[i], same
-            )
+            policy = policy_for(self.policies, self.table, column.key)
+            decision = decide_column(policy, rel, sides[i], stamps[i], r.clocks[i], same)
             if decision.conflict:
                 differing.append(i)
             elif decision.take_remote:
@@ -421,7 +433,7 @@ class _Apply:
                 restamp.add(i)
         for i in restamp:
             new_stamps[i] = None
-        changed = sum(1 for i in range(len(stamps)) if r.clocks[i] != stamps[i])
+        changed = sum(1 for side in sides if side is not Side.SAME)
         whole = not restamp and not differing and len(writes) == changed
         incoming = Incoming(r.gid, self._key(mine), values, new_stamps, writes, whole)
         if differing:
@@ -450,7 +462,9 @@ class _Apply:
         assert r.clocks is not None
         values = self._local_values(r, refs)
         stamps: list[Stamp | None] = [None] * len(values) if restamp else list(r.clocks)
-        return Incoming(r.gid, None, values, stamps, set(range(len(values))), not restamp)
+        incoming = Incoming(r.gid, None, values, stamps, set(range(len(values))), not restamp)
+        incoming.versions = r.versions or {}
+        return incoming
 
     def _local_values(self, r: RowChange, refs: dict[str, dict[str, Key]]) -> list[Any]:
         """The remote values with references turned into local keys (self-references stay gids)."""
@@ -478,6 +492,7 @@ class _Apply:
                 {
                     "b_gid": row.gid,
                     **clocks,
+                    "vv": self.rows.versions_text(row.versions, row.stamps),
                     "seq": self.state.next_seq(),
                     "src": self.source if row.whole else None,
                 }
@@ -506,6 +521,7 @@ class _Apply:
             meta = {
                 **{f"k{i}": v for i, v in enumerate(key)},
                 **clocks,
+                "vv": self.rows.versions_text(incoming.versions, incoming.stamps),
                 "seq": self.state.next_seq(),
                 "deleted": 0,
                 "src": None if incoming.restamped else self.source,
@@ -648,6 +664,7 @@ class _Apply:
             "dn": self.rows.number(deleted.node) if deleted.node else SELF,
             "seq": self.state.next_seq(),
             "src": None if restamp else src,
+            "vv": None,
             "bh": None,
             "bn": None,
             **{f"k{i}": None for i in range(len(self.table.keys))},

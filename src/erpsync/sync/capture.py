@@ -137,14 +137,17 @@ def _fold_round(node: Node, conn: Connection, state: NodeState, table: SyncTable
         values: dict[str, Any] = {"b_gid": shadow["gid"], "seq": state.next_seq()}
         values.update({f"c{i}": columns[i] for i in slots})
         values.update({f"n{i}": SELF for i in slots})
-        updates.setdefault(slots, []).append(values)
+        versions = _versions_after(shadow, columns, width)
+        if versions is not None:
+            values["vv"] = versions
+        updates.setdefault((*slots, -1 if versions is not None else 0), []).append(values)
     shadow_t = table.shadow
     if tombstones:
         cleared = {f"{p}{i}": None for i in range(width) for p in "cn"}
         conn.execute(
             update(shadow_t)
             .where(shadow_t.c.gid == bindparam("b_gid"))
-            .values(deleted=1, dn=SELF, src=None, bh=None, bn=None, **cleared, **_nulls(table)),
+            .values(deleted=1, dn=SELF, src=None, vv=None, bh=None, bn=None, **cleared, **_nulls(table)),
             tombstones,
         )
     if new_rows:
@@ -156,6 +159,39 @@ def _fold_round(node: Node, conn: Connection, state: NodeState, table: SyncTable
     for group in updates.values():
         conn.execute(update(shadow_t).where(shadow_t.c.gid == bindparam("b_gid")).values(src=None), group)
     return len(tombstones) + len(new_rows) + sum(len(g) for g in updates.values())
+
+
+def _versions_after(shadow: Any, columns: dict[int, int], width: int) -> str | None:
+    """The version vector to store after local writes to ``columns``, or ``None`` if implied.
+
+    The writes the row had seen stay seen even when a local edit overwrites
+    them: another node holding one of them must not take it for concurrent.
+    """
+
+    def stamps(row: dict[str, Any]) -> dict[int, int]:
+        out: dict[int, int] = {}
+        base = (row["bn"], row["bh"])
+        for i in range(width):
+            number, clock = (row[f"n{i}"], row[f"c{i}"]) if row[f"c{i}"] is not None else base
+            if number is not None and clock is not None and clock > out.get(number, 0):
+                out[number] = clock
+        return out
+
+    before: dict[int, int] = stamps(dict(shadow))
+    if shadow["vv"]:
+        for part in shadow["vv"].split(","):
+            number, _, clock = part.partition(":")
+            before[int(number)] = max(before.get(int(number), 0), int(clock))
+    after_row = dict(shadow)
+    for i, clock in columns.items():
+        after_row[f"c{i}"], after_row[f"n{i}"] = clock, SELF
+    after = stamps(after_row)
+    full = dict(after)
+    for number, clock in before.items():
+        full[number] = max(full.get(number, 0), clock)
+    if full == after:
+        return None
+    return ",".join(f"{n}:{c}" for n, c in sorted(full.items()))
 
 
 def _next_gid(state: NodeState) -> int:

@@ -33,6 +33,7 @@ from erpsync.sync.hlc import Stamp
 from erpsync.sync.meta import NODE, shadow_name
 from erpsync.sync.model import SyncTable, dependency_order
 from erpsync.sync.node import Node
+from erpsync.sync.policies import parse_versions
 
 ALIVE, GONE = 0, 1
 """The two streams: rows present, and tombstones."""
@@ -57,6 +58,8 @@ class RowChange:
     """The largest delete seen for this row (kept even when a later write revived it)."""
     seen: int | None = None
     """For a tombstone: the largest write clock the deleting node had seen."""
+    versions: dict[str, int] | None = None
+    """The row's version vector when it says more than the clocks (see ``policies.compare``)."""
 
     @property
     def alive(self) -> bool:
@@ -230,7 +233,7 @@ def _row_change(table: SyncTable, stream: int, row: Any, ids: dict[int, str]) ->
                 return None  # references a row not folded yet: sent once it is
         values.append(value)
         clocks.append(Stamp(m[f"c{i}"], ids[m[f"n{i}"]]) if m[f"c{i}"] is not None else base)
-    return RowChange(m["gid"], key, tuple(values), tuple(clocks), deleted)
+    return RowChange(m["gid"], key, tuple(values), tuple(clocks), deleted, None, parse_versions(m["vv"], ids))
 
 
 # -- JSON, for transports ------------------------------------------------------------------------
@@ -282,6 +285,7 @@ def to_json(batch: Batch) -> str:
             None if r.clocks is None else [stamp(c) for c in r.clocks],
             stamp(r.deleted),
             r.seen,
+            None if r.versions is None else {str(node(n)): h for n, h in r.versions.items()},
         ]
         for r in batch.rows
     ]
@@ -318,8 +322,9 @@ def from_json(text: str) -> Batch:
             None if clocks is None else tuple(Stamp(c[0], nodes[c[1]]) for c in clocks),
             stamp(deleted),
             seen,
+            None if versions is None else {nodes[int(n)]: h for n, h in versions.items()},
         )
-        for gid, key, values, clocks, deleted, seen in data["rows"]
+        for gid, key, values, clocks, deleted, seen, versions in data["rows"]
     ]
     return Batch(
         batch_id=data["id"],

@@ -48,6 +48,8 @@ class Incoming:
     """The columns apply writes (all for a new row)."""
     whole: bool = False
     """The row ends up exactly as the sender has it (so it is not sent back to the sender)."""
+    versions: dict[str, int] = field(default_factory=dict)
+    """The row's version vector once merged."""
 
     @property
     def restamped(self) -> bool:

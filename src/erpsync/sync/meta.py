@@ -146,7 +146,9 @@ def shadow_table(
     ``dh``/``dn`` the largest delete seen and ``ds`` the largest write the deleting
     node had seen (to tell a concurrent update from an old one). ``seq`` orders
     changes for the per-peer cursors; ``src`` names the peer whose state the row
-    holds entirely, so it is not echoed back to it.
+    holds entirely, so it is not echoed back to it. ``vv`` is the row's version
+    vector (``node:clock,…`` by local node number) when it says more than the
+    column clocks: the writes of other nodes the row's state has seen.
     """
     cols: list[Column[Any]] = [Column("gid", dialect.gid_type(), primary_key=True)]
     cols += [Column(f"k{i}", t, nullable=True) for i, t in enumerate(key_types)]
@@ -159,6 +161,7 @@ def shadow_table(
         Column("dn", Integer),
         Column("ds", BigInteger),
         Column("src", Integer),
+        Column("vv", Text),
     ]
     for i in range(columns):
         cols += [Column(f"c{i}", BigInteger), Column(f"n{i}", Integer)]

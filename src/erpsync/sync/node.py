@@ -14,10 +14,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, MetaData, Table, delete, insert, inspect, select, text, update
+from sqlalchemy import Connection, MetaData, Table, delete, func, insert, inspect, select, text, update
 
 from erpsync.db import Database
-from erpsync.errors import ErpSyncError
+from erpsync.errors import ErpSyncError, InvalidArgument
 from erpsync.sync import meta
 from erpsync.sync.encoding import encoder, natural_gid, row_text
 from erpsync.sync.hlc import tick
@@ -256,7 +256,7 @@ def choose_tables(
 
 def init_node(
     db: Database,
-    name: str,
+    name: str | None,
     tables: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
     *,
@@ -278,6 +278,14 @@ def init_node(
         node_t = fixed[meta.NODE]
         existing = conn.execute(select(node_t)).first()
         created = existing is None
+        if name is None and existing is None:
+            raise InvalidArgument(
+                "a new node needs a name",
+                "add --name, e.g. --name PC-ACCUEIL",
+            )
+        if name is None:
+            assert existing is not None
+            name = str(existing.name)
         node_id = str(uuid.uuid4()) if existing is None else existing.node_id
         if existing is None:
             values = {"hlc": 0, "seq": 0, "gids": 0, "fingerprint": "", "digest": "", "version": VERSION}
@@ -438,3 +446,83 @@ def uninstall_node(db: Database) -> list[str]:
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {db.quote(table_name)}")
             dropped.append(table_name)
     return dropped
+
+
+# -- status and configuration ------------------------------------------------------------------------
+
+
+@dataclass
+class TableStatus:
+    """One synced table as ``node status`` shows it."""
+
+    name: str
+    rows: int
+    policy: str
+    columns: dict[str, str]
+
+
+@dataclass
+class NodeStatus:
+    """What ``node status`` shows."""
+
+    node_id: str
+    name: str
+    tables: list[TableStatus]
+    peers: list[tuple[str, str | None]]
+    open_conflicts: int
+
+
+def node_status(db: Database) -> NodeStatus:
+    """The node's synced tables, peers and open conflicts."""
+    node = Node(db)
+    with db.connect() as conn:
+        tables = []
+        for number, name, policy, settings in node.rows:
+            count = conn.execute(
+                text(f"SELECT COUNT(*) FROM {db.quote(meta.shadow_name(number))} WHERE deleted = 0")
+            ).scalar_one()
+            tables.append(TableStatus(name, int(count), policy, dict(settings.column_policies)))
+        peers_t = node.meta[meta.PEERS]
+        peers = [
+            (r.name or r.node_id, r.last_sync)
+            for r in conn.execute(select(peers_t).where(peers_t.c.no != SELF).order_by(peers_t.c.no))
+        ]
+        conflicts_t = node.meta[meta.CONFLICTS]
+        open_count = conn.execute(
+            select(func.count()).select_from(conflicts_t).where(conflicts_t.c.status == "open")
+        ).scalar_one()
+    return NodeStatus(node.node_id, node.name, tables, peers, int(open_count))
+
+
+def set_policy(db: Database, target: str, policy: str) -> None:
+    """Configure the policy of a synced table (``tb_Client``) or column (``tb_Client.Email``)."""
+    from erpsync.sync.policies import check_policy
+
+    check_policy(policy)
+    table_name, _, column = target.partition(".")
+    node = Node(db)
+    for number, name, _, settings in node.rows:
+        if name.lower() != table_name.lower():
+            continue
+        tables_t = node.meta[meta.TABLES]
+        with db.begin() as conn:
+            if not column:
+                conn.execute(update(tables_t).where(tables_t.c.no == number).values(policy=policy))
+                return
+            if column.lower() not in settings.columns:
+                raise UnknownTable(
+                    "there is no column {column} in {table}",
+                    "the columns are: {columns}",
+                    column=column,
+                    table=name,
+                    columns=", ".join(settings.columns),
+                )
+            settings.column_policies[column.lower()] = policy
+            conn.execute(update(tables_t).where(tables_t.c.no == number).values(settings=settings.to_json()))
+            return
+    raise UnknownTable(
+        "table {table} is not synced by {db}",
+        "list the synced tables with: erpsync node status {db}",
+        table=table_name,
+        db=db.name,
+    )

@@ -41,7 +41,7 @@ deleted by a sync: it is kept, and restored where it had been deleted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -102,7 +102,7 @@ class PolicyOverride:
 
 
 class Relation(Enum):
-    """How a remote row's column clocks relate to the local row's."""
+    """How a remote row relates to the local one."""
 
     EQUAL = "equal"
     REMOTE_NEWER = "remote-newer"
@@ -110,21 +110,91 @@ class Relation(Enum):
     CONCURRENT = "concurrent"
 
 
-def relation(local: Sequence[Stamp], remote: Sequence[Stamp]) -> Relation:
-    """Which side has column writes the other has not seen."""
-    remote_ahead = local_ahead = False
+class Side(Enum):
+    """Who changed one column, as far as the two rows' histories tell."""
+
+    SAME = "same"
+    REMOTE = "remote"
+    """Only the peer changed it since the local value (the peer had seen the local value)."""
+    LOCAL = "local"
+    BOTH = "both"
+    """Each side wrote it without having seen the other's write."""
+
+
+Versions = dict[str, int]
+"""A row's version vector: for each node, the latest of its writes the row's state includes."""
+
+
+def implied(stamps: Sequence[Stamp]) -> Versions:
+    """The version vector the column clocks alone imply (what is stored when nothing more is known)."""
+    out: Versions = {}
+    for stamp in stamps:
+        if stamp.node and stamp.hlc > out.get(stamp.node, 0):
+            out[stamp.node] = stamp.hlc
+    return out
+
+
+def merged(*vectors: Versions) -> Versions:
+    """The smallest version vector including all of ``vectors``."""
+    out: Versions = {}
+    for vector in vectors:
+        for node, hlc in vector.items():
+            if hlc > out.get(node, 0):
+                out[node] = hlc
+    return out
+
+
+def parse_versions(text: str | None, ids: dict[int, str]) -> Versions | None:
+    """A stored version vector (``number:clock,…``, local node numbers) by node id."""
+    if not text:
+        return None
+    out: Versions = {}
+    for part in text.split(","):
+        number, _, clock = part.partition(":")
+        out[ids[int(number)]] = int(clock)
+    return out
+
+
+def format_versions(versions: Versions, number: Callable[[str], int]) -> str:
+    """A version vector as stored, with ``number`` giving each node's local number."""
+    return ",".join(f"{number(node)}:{clock}" for node, clock in sorted(versions.items()))
+
+
+def _seen(stamp: Stamp, versions: Versions) -> bool:
+    return not stamp.node or stamp.hlc <= versions.get(stamp.node, 0)
+
+
+def compare(
+    local: Sequence[Stamp], local_versions: Versions, remote: Sequence[Stamp], remote_versions: Versions
+) -> tuple[Relation, list[Side]]:
+    """How two versions of a row relate, and who changed each column.
+
+    A column whose local write the peer had seen (it is in the peer's version
+    vector) was changed by the peer only, and so on; a column each side wrote
+    without seeing the other's write was changed by both. Version vectors make
+    this exact where clocks alone cannot tell "later" from "after seeing": a
+    row relayed through a third node is never a false conflict.
+    """
+    sides: list[Side] = []
     for lc, rc in zip(local, remote, strict=True):
-        if rc > lc:
-            remote_ahead = True
-        elif lc > rc:
-            local_ahead = True
-    if remote_ahead and local_ahead:
-        return Relation.CONCURRENT
-    if remote_ahead:
-        return Relation.REMOTE_NEWER
-    if local_ahead:
-        return Relation.LOCAL_NEWER
-    return Relation.EQUAL
+        if lc == rc:
+            sides.append(Side.SAME)
+            continue
+        local_seen, remote_seen = _seen(lc, remote_versions), _seen(rc, local_versions)
+        if local_seen and not remote_seen:
+            sides.append(Side.REMOTE)
+        elif remote_seen and not local_seen:
+            sides.append(Side.LOCAL)
+        elif not local_seen and not remote_seen:
+            sides.append(Side.BOTH)
+        else:  # both histories include both writes: the clocks decide
+            sides.append(Side.REMOTE if rc > lc else Side.LOCAL)
+    kinds = set(sides) - {Side.SAME}
+    if not kinds:
+        return Relation.EQUAL, sides
+    if Side.BOTH in kinds or kinds == {Side.REMOTE, Side.LOCAL}:
+        return Relation.CONCURRENT, sides
+    return (Relation.REMOTE_NEWER if Side.REMOTE in kinds else Relation.LOCAL_NEWER), sides
 
 
 @dataclass
@@ -139,23 +209,24 @@ class ColumnDecision:
 
 
 def decide_column(
-    policy: str, rel: Relation, local: Stamp, remote: Stamp, same_value: bool
+    policy: str, rel: Relation, side: Side, local: Stamp, remote: Stamp, same_value: bool
 ) -> ColumnDecision:
-    """The decision for one column of a row changed on both sides, under ``policy``.
+    """The decision for one column of a row present on both sides, under ``policy``.
 
     ``policy`` is seen from the applying node (``prefer-local`` keeps its value).
     """
     remote_newer = remote > local
-    if rel is not Relation.CONCURRENT:
-        if policy == NO_OVERWRITE:
-            return ColumnDecision(False, conflict=remote_newer and not same_value)
-        return ColumnDecision(remote_newer)
-    if policy == LWW:
+    if side is Side.SAME:
+        return ColumnDecision(False)
+    if policy == NO_OVERWRITE:
+        return ColumnDecision(False, conflict=side is not Side.LOCAL and not same_value)
+    if rel is not Relation.CONCURRENT or policy == LWW:
         return ColumnDecision(remote_newer)
     if policy == PREFER_REMOTE:
-        return ColumnDecision(True, restamp=not remote_newer and remote != local)
+        return ColumnDecision(True, restamp=not remote_newer)
     if policy == PREFER_LOCAL:
         return ColumnDecision(False, restamp=remote_newer)
-    if same_value:  # manual or no-overwrite, nothing to choose: keep the newer clock
-        return ColumnDecision(remote_newer)
-    return ColumnDecision(False, conflict=True)
+    # manual: only a column both sides wrote is a conflict; the others merge
+    if side is Side.BOTH and not same_value:
+        return ColumnDecision(False, conflict=True)
+    return ColumnDecision(remote_newer)

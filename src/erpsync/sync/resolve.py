@@ -106,6 +106,7 @@ def _delete_again(rows: TableRows, shadow: Any) -> None:
         "ds": last,
         "seq": rows.state.next_seq(),
         "src": None,
+        "vv": None,
         "bh": None,
         "bn": None,
         **{f"k{i}": None for i in range(len(rows.table.keys))},
@@ -143,6 +144,7 @@ def _revive(rows: TableRows, conflict: Conflict, remote: dict[str, Any]) -> None
         "bn": SELF,
         "seq": rows.state.next_seq(),
         "src": None,
+        "vv": None,
         **{f"k{i}": v for i, v in enumerate(key)},
         **{f"{p}{i}": None for i in range(width) for p in "cn"},
     }

@@ -16,6 +16,7 @@ from erpsync.sync.capture import IN_LIMIT, Key, _chunks, key_in
 from erpsync.sync.hlc import Stamp
 from erpsync.sync.model import SyncTable
 from erpsync.sync.node import SELF, Node, NodeState
+from erpsync.sync.policies import Versions, format_versions, implied, merged, parse_versions
 
 
 class TableRows:
@@ -65,6 +66,22 @@ class TableRows:
             for i in range(len(self.table.columns))
         ]
 
+    def versions(self, shadow: RowMapping, stamps: Sequence[Stamp] | None = None) -> Versions:
+        """A present row's version vector: the stored one, else the one its clocks imply."""
+        stored = parse_versions(shadow["vv"], self.ids)
+        return (
+            stored if stored is not None else implied(stamps if stamps is not None else self.stamps(shadow))
+        )
+
+    def versions_text(self, versions: Versions, stamps: Sequence[Stamp | None]) -> str | None:
+        """How to store ``versions``: ``None`` when the column clocks imply it already."""
+        known = [s for s in stamps if s is not None]
+        if None in stamps:  # restamped columns carry this node's new clock
+            known.append(Stamp(self.state.hlc, self.node.node_id))
+        if merged(versions, implied(known)) == implied(known):
+            return None
+        return format_versions(merged(versions, implied(known)), self.number)
+
     def deleted_stamp(self, shadow: RowMapping) -> Stamp | None:
         """The largest delete seen for a row, if any."""
         return self.stamp_of(shadow["dh"], shadow["dn"]) if shadow["dh"] is not None else None
@@ -111,6 +128,7 @@ class TableRows:
         if not gids:
             return
         now = self.state.stamp()
+        stored = {gid: m["vv"] for gid, m in self.shadows(gids).items() if m["vv"]}
         rows = []
         for gid in gids:
             row: dict[str, Any] = {"b_gid": gid, "seq": self.state.next_seq(), "src": None}
@@ -120,6 +138,10 @@ class TableRows:
                 )
             else:
                 row.update({f"c{i}": now for i in slots}, **{f"n{i}": SELF for i in slots})
+            if gid in stored:
+                versions = parse_versions(stored[gid], self.ids) or {}
+                versions[self.node.node_id] = now
+                row["vv"] = format_versions(versions, self.number)
             rows.append(row)
         self.write_shadows([], rows)
 
