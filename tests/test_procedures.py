@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -675,3 +676,53 @@ def test_a_dba_installs_the_printed_sql_with_the_engines_client(server: str, tmp
         assert erreur == 0
         run = int(scalar(db, "SELECT MAX(run_id) FROM erpsync_dup_run"))  # type: ignore[arg-type]
         assert lookup(db, run, "EqCommande", source) == new_id
+
+
+def test_concurrent_duplications_get_their_own_ids_and_numbers(erp: Database) -> None:
+    """Sessions duplicating at the same moment: every copy complete, every id map right."""
+    with erp.connect() as conn:
+        projets = [int(p) for p in conn.execute(text("SELECT id FROM tb_Projet")).scalars()]
+    barrier = threading.Barrier(len(projets))
+    results: dict[int, tuple[object, ...] | str] = {}
+
+    def work(projet: int) -> None:
+        try:
+            with erp.engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                barrier.wait()
+                results[projet] = call(conn, "SP_DupliquerProjet", projet, "t").outs
+        except Exception as exc:  # reported below, with the others
+            results[projet] = str(exc)
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in projets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for projet, outcome in results.items():
+        assert isinstance(outcome, tuple) and outcome[1] == 0, outcome
+        assert tree(erp, "projet", int(outcome[0])) == tree(erp, "projet", projet)  # type: ignore[call-overload]
+    for table, columns in (("tb_Client", "RaisonSociale, Email"), ("tb_Commande", "DateCommande, MontantHT")):
+        pairs = [c.strip() for c in columns.split(",")]
+        differ = " OR ".join(f"o.{c} <> n.{c}" for c in pairs)
+        wrong = scalar(
+            erp,
+            f"SELECT COUNT(*) FROM erpsync_dup_map m JOIN {table} o ON o.id = m.old_id "
+            f"JOIN {table} n ON n.id = m.new_id WHERE m.table_name = '{table}' AND ({differ})",
+        )
+        assert wrong == 0
+
+
+def test_a_project_without_versions(erp: Database, client_conn: Connection) -> None:
+    with erp.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO tb_Projet (NumProjet, Libelle, DateCreation) "
+                "VALUES ('PRJ-VIDE', 'Projet vide', '2026-01-02 03:04:05')"
+            )
+        )
+    empty = pick(erp, "SELECT id FROM tb_Projet WHERE NumProjet = 'PRJ-VIDE'")
+    new_id, erreur = call(client_conn, "SP_DupliquerProjet", empty, "z").outs
+    assert erreur == 0 and isinstance(new_id, int)
+    assert tree(erp, "projet", new_id) == tree(erp, "projet", empty)
+    assert str(logs(erp)[-1][4]).endswith(", 1 rows in 5 tables")
