@@ -273,8 +273,10 @@ def conflicts_show(db: str, conflict_id: int) -> None:
     table = Table()
     for title in ("Column", "Base", "Local", "Remote"):
         table.add_column(tr(title))
+    unknown = set(c.detail.get("base_unknown") or [])
     for column in columns:
-        table.add_row(column, *(_show(side.get(column)) for side in (base, local, remote)))
+        shown = "?" if column in unknown else _show(base.get(column))
+        table.add_row(column, shown, _show(local.get(column)), _show(remote.get(column)))
     console.print(table)
 
 

@@ -446,7 +446,7 @@ class _Apply:
                 self.source,
                 local=current,
                 remote=remote,
-                local_stamps=stamps,
+                sides=sides,
                 columns=differing,
             )
             self.result.conflicts += 1

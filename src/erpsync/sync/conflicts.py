@@ -35,9 +35,9 @@ from sqlalchemy import select, update
 from erpsync.db import Database
 from erpsync.errors import ErpSyncError, InvalidArgument
 from erpsync.sync.changeset import RowChange, _decode, _encode
-from erpsync.sync.hlc import Stamp
 from erpsync.sync.meta import CONFLICTS
 from erpsync.sync.node import Node
+from erpsync.sync.policies import Side
 from erpsync.sync.rows import TableRows
 
 UPDATE, DELETE, UNIQUE, REVIEW, RESTORE = "update", "delete", "unique", "review", "restore"
@@ -119,7 +119,7 @@ def record_row(
     *,
     local: Sequence[Any] | None = None,
     remote: Sequence[Any] | None = None,
-    local_stamps: Sequence[Stamp] | None = None,
+    sides: Sequence[Side] | None = None,
     columns: Sequence[int] | None = None,
     local_deleted: bool = False,
     remote_deleted: bool = False,
@@ -137,11 +137,17 @@ def record_row(
         detail["local"] = dict(zip(names, local, strict=True))
     if remote is not None:
         detail["remote"] = dict(zip(names, remote, strict=True))
-    if local is not None and remote is not None and local_stamps is not None and remote_row.clocks:
-        detail["base"] = {
-            n: (remote[i] if remote_row.clocks[i] < local_stamps[i] else local[i])
-            for i, n in enumerate(names)
-        }
+    if local is not None and remote is not None and sides is not None:
+        # the value both had before: the unchanged side's, when only one side changed the column;
+        # unknown for a column both rewrote (capture logs keys, not old values)
+        base: dict[str, Any] = {}
+        for i, name in enumerate(names):
+            if sides[i] is Side.REMOTE:
+                base[name] = local[i]
+            elif sides[i] in (Side.LOCAL, Side.SAME):
+                base[name] = remote[i]
+        detail["base"] = base
+        detail["base_unknown"] = [names[i] for i, side in enumerate(sides) if side is Side.BOTH]
     detail["deleted"] = LOCAL if local_deleted else REMOTE if remote_deleted else None
     record(rows, remote_row.gid, kind, policy, peer, detail, status)
 
