@@ -113,7 +113,7 @@ def _adopt_table(
     other = source.node.table(table.key)
     if not table.surrogate:
         return  # a natural key gives the same global id on both nodes already
-    encoders = [encoder(c.type) for c in table.columns]
+    encoders = [str if c.ref is not None else encoder(c.type) for c in table.columns]
     unique = next((u for u in table.uniques if all(c in table._index for c in u)), None)
     slots = [table.index(c) for c in unique] if unique and match_by == "natural" else None
     with node.write() as conn:
