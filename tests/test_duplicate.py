@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from datetime import date
 from decimal import Decimal
@@ -412,3 +413,35 @@ def test_numbering_inside_the_callers_transaction_rolls_back_with_it(erp_db: Dat
     assert generate(erp_db, "CLIENT", fmt=NumberFormat("CLI-{n:03d}")) == "CLI-001"
     with pytest.raises(InvalidArgument, match="must contain"):
         NumberFormat("CLI-{n}-{n}")
+
+
+def test_the_erp_can_insert_while_a_copy_runs(filled: Database, db_url: str) -> None:
+    """An insert by another program during the copy gets its own id; neither side fails."""
+    outcome: list[object] = []
+
+    def erp_insert() -> None:
+        try:
+            with open_database(db_url) as erp, erp.begin() as conn:
+                conn.execute(
+                    text(
+                        "INSERT INTO tb_Client (fkVersion, Code, RaisonSociale) "
+                        "SELECT MIN(id), 'ERP-1', 'Saisie pendant copie' FROM tb_Version WHERE fkProjet = 2"
+                    )
+                )
+            outcome.append("ok")
+        except Exception as exc:  # reported by the assertion below
+            outcome.append(exc)
+
+    threads: list[threading.Thread] = []
+
+    def progress(label: str, done: int, total: int) -> None:
+        if label == "tb_Client" and not threads:
+            threads.append(threading.Thread(target=erp_insert))
+            threads[0].start()
+            time.sleep(0.2)  # let the ERP's insert start while the copy holds its locks
+
+    result = duplicate(filled, "projet", 1, progress=progress, today=TODAY)
+    threads[0].join(timeout=60)
+    assert outcome == ["ok"]
+    assert rows(filled, TREE, id=result.new_id) == rows(filled, TREE, id=1)
+    assert scalar(filled, "SELECT COUNT(*) FROM tb_Client WHERE Code = 'ERP-1'") == 1

@@ -6,7 +6,20 @@ from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
-from sqlalchemy import Column, Connection, Engine, String, Table, cast, create_engine, func, select
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Select,
+    String,
+    Subquery,
+    Table,
+    cast,
+    create_engine,
+    func,
+    literal,
+    select,
+)
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
@@ -75,6 +88,23 @@ class Dialect:
         """
         pk = single_pk(table)
         return int(conn.execute(select(func.coalesce(func.max(pk), 0))).scalar_one())
+
+    def new_ids(self, conn: Connection, table: Table, old: Subquery) -> Select[Any] | None:
+        """Fresh ids for the copies of the rows whose ids ``old`` lists: (old_id, new_id), by rank.
+
+        The default reserves the block above the largest id (the caller's
+        transaction already holds SQLite's write lock). None means the engine
+        numbers an ordered ``INSERT … SELECT`` consecutively itself (see
+        ``first_inserted_id``), so the ERP's own inserts can never collide.
+        """
+        base = self.reserve_ids(conn, table)
+        return select(
+            old.c.old_id, (literal(base) + func.row_number().over(order_by=old.c.old_id)).label("new_id")
+        )
+
+    def first_inserted_id(self, conn: Connection) -> int:
+        """The first id the engine gave in the last INSERT on ``conn``."""
+        raise NotImplementedError
 
     def zero_pad(self, number: ColumnElement[Any], width: int) -> ColumnElement[str]:
         """``number`` as text, left-padded with zeros to ``width`` digits (never truncated)."""
@@ -147,8 +177,10 @@ class Dialect:
         """Drop the triggers (and trigger functions) ``install_capture`` made, nothing else."""
         raise NotImplementedError
 
-    def mute_capture(self, conn: Connection) -> None:
+    def mute_capture(self, conn: Connection, number: int | None = None) -> None:
         """Keep the capture triggers from logging what ``conn`` writes until ``unmute_capture``.
+
+        ``number`` limits it to the triggers of synced table ``number`` where that is cheaper.
 
         Sync applies changes that already carry their clock and origin: logging
         them again would make them look like local edits.

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import Connection, String, Table, cast, func, select
+from sqlalchemy import Connection, Select, String, Subquery, Table, cast, func, select
 from sqlalchemy.dialects import mysql as mysql_types
 from sqlalchemy.dialects.mysql import CHAR
 from sqlalchemy.engine import URL
@@ -49,6 +49,21 @@ class MariaDB(Dialect):
 
     def is_retryable(self, exc: DBAPIError) -> bool:
         return bool(exc.orig is not None and exc.orig.args and exc.orig.args[0] in DEADLOCK)
+
+    def new_ids(self, conn: Connection, table: Table, old: Subquery) -> Select[Any] | None:
+        """InnoDB numbers a bulk insert consecutively under lock modes 0 and 1 with an increment of 1.
+
+        In interleaved mode 2 (Galera, some tuned servers) erpsync reserves a block
+        instead; then an insert by another program into the same table during the
+        copy may fail with a duplicate key (see docs/duplication.md).
+        """
+        mode, increment = conn.exec_driver_sql(
+            "SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment"
+        ).one()
+        return None if int(mode) <= 1 and int(increment) == 1 else super().new_ids(conn, table, old)
+
+    def first_inserted_id(self, conn: Connection) -> int:
+        return int(conn.exec_driver_sql("SELECT LAST_INSERT_ID()").scalar_one())
 
     def reserve_ids(self, conn: Connection, table: Table) -> int:
         """Lock the last index record and the gap above it: others' inserts wait for our commit."""
@@ -140,7 +155,7 @@ class MariaDB(Dialect):
         for suffix in "iud":
             conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS erpsync_{number}_{suffix}")
 
-    def mute_capture(self, conn: Connection) -> None:
+    def mute_capture(self, conn: Connection, number: int | None = None) -> None:
         conn.exec_driver_sql("SET @erpsync_mute = 1")
 
     def unmute_capture(self, conn: Connection) -> None:

@@ -6,7 +6,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Select, Subquery, Table, cast, func, select
+from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
@@ -66,6 +67,33 @@ class PostgreSQL(Dialect):
 
     def is_retryable(self, exc: DBAPIError) -> bool:
         return getattr(exc.orig, "sqlstate", None) in ("40P01", "40001")  # deadlock, serialization
+
+    def new_ids(self, conn: Connection, table: Table, old: Subquery) -> Select[Any] | None:
+        """Ids drawn from the table's own sequence: never handed out twice, no table lock.
+
+        ``nextval`` runs once per copied row; old and new ids are paired by rank,
+        so the copies keep the order of the originals.
+        """
+        quote = conn.dialect.identifier_preparer.quote
+        sequence = conn.execute(
+            select(func.pg_get_serial_sequence(quote(table.name), single_pk(table).name))
+        ).scalar()
+        if sequence is None:
+            return super().new_ids(conn, table, old)
+        # A sequence left behind by rows inserted with explicit ids would hand out ids in use:
+        # move it past the largest id, only when it is behind (never backwards).
+        high = select(func.max(single_pk(table))).scalar_subquery()
+        behind = high > func.coalesce(func.pg_sequence_last_value(cast(sequence, REGCLASS)), 0)
+        conn.execute(select(func.setval(sequence, high)).where(behind))
+        ranked_old = select(old.c.old_id, func.row_number().over(order_by=old.c.old_id).label("r")).subquery()
+        count = select(func.count()).select_from(old).scalar_subquery()
+        drawn = (
+            select(func.nextval(sequence).label("v")).select_from(func.generate_series(1, count)).subquery()
+        )
+        ranked_new = select(drawn.c.v, func.row_number().over(order_by=drawn.c.v).label("r")).subquery()
+        return select(ranked_old.c.old_id, ranked_new.c.v.label("new_id")).join_from(
+            ranked_old, ranked_new, ranked_old.c.r == ranked_new.c.r
+        )
 
     def reserve_ids(self, conn: Connection, table: Table) -> int:
         """Block others' writes to ``table`` until commit; the high-water mark of ids and sequence."""
@@ -189,7 +217,7 @@ class PostgreSQL(Dialect):
         for suffix in "iud":
             conn.exec_driver_sql(f"DROP FUNCTION IF EXISTS erpsync_{number}_{suffix}() CASCADE")
 
-    def mute_capture(self, conn: Connection) -> None:
+    def mute_capture(self, conn: Connection, number: int | None = None) -> None:
         conn.exec_driver_sql("SELECT set_config('erpsync.mute', 'on', true)")
 
     def unmute_capture(self, conn: Connection) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, String, and_, func, insert, literal, select, update
+from sqlalchemy import Connection, Select, String, Table, and_, func, insert, literal, select, update
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import FromClause
 
@@ -254,15 +254,22 @@ class _Copier:
         key = inserted.inserted_primary_key
         assert key is not None
         self.run_id = int(key[0])
+        # Hold the source row until the commit: the ERP cannot delete it half-way through the copy.
+        root = self.plan.root.table
+        locked = select(single_pk(root)).where(single_pk(root) == self.source_id).with_for_update(read=True)
+        if self.conn.execute(locked).first() is None:
+            _check_id(self.conn, root, self.source_id, None)
 
     def copy(self, step: Step, root_parent: tuple[str, int] | None) -> None:
+        """Copy one table: a fixed number of statements, whatever the number of rows."""
         table, m, pm = step.table, RUNS.map.alias("m"), RUNS.map.alias("pm")
-        source: FromClause = table
+        name = canonical(table.name)
+        selection: FromClause = table
         where: list[ColumnElement[bool]] = []
         if step.via is None:
             where.append(single_pk(table) == self.source_id)
         else:
-            source = source.join(
+            selection = selection.join(
                 pm,
                 and_(
                     pm.c.run_id == self.run_id,
@@ -270,28 +277,19 @@ class _Copier:
                     pm.c.old_id == step.via.column,
                 ),
             )
-        rank: ColumnElement[Any] | None = None
+        source = selection
+        pk = single_pk(table) if step.mapped else None
+        old = (
+            None if pk is None else select(pk.label("old_id")).select_from(selection).where(*where).subquery()
+        )
+        allocated = None if old is None else self.dialect.new_ids(self.conn, table, old)
+        if allocated is not None:  # ids chosen before the insert: write the map, join it
+            self._write_map(table, allocated)
+            source = source.join(m, and_(m.c.run_id == self.run_id, m.c.table_name == name, m.c.old_id == pk))
+        rank = func.row_number().over(order_by=list(table.primary_key.columns))
         count: int | None = None
-        if step.mapped:
-            pk = single_pk(table)
-            base = self.dialect.reserve_ids(self.conn, table)
-            new_ids = insert(RUNS.map).from_select(
-                ["run_id", "table_name", "old_id", "new_id"],
-                select(
-                    literal(self.run_id),
-                    literal(canonical(table.name), String),
-                    pk,
-                    literal(base) + func.row_number().over(order_by=pk),
-                )
-                .select_from(source)
-                .where(*where),
-            )
-            count = self.conn.execute(new_ids.execution_options(preserve_rowcount=True)).rowcount
-            self.dialect.analyze(self.conn, RUNS.map)
-            source = source.join(
-                m, and_(m.c.run_id == self.run_id, m.c.table_name == canonical(table.name), m.c.old_id == pk)
-            )
-            rank = m.c.new_id - base
+        if step.number is not None:
+            count = self.conn.execute(select(func.count()).select_from(selection).where(*where)).scalar_one()
         columns: list[str] = []
         values: list[ColumnElement[Any]] = []
         for index, remap in enumerate(step.remap):
@@ -309,34 +307,58 @@ class _Copier:
         for column in table.columns:
             if column.name in columns:
                 continue
-            if column.primary_key and step.mapped:
+            if column.primary_key and allocated is not None:
                 value: ColumnElement[Any] = m.c.new_id
             elif (
-                column.primary_key and column.autoincrement in (True, "auto") and len(table.primary_key) == 1
+                column.primary_key and len(table.primary_key) == 1 and column.autoincrement in (True, "auto")
             ):
-                continue  # a leaf: the database numbers the copies
+                continue  # the database numbers the copies
             elif step.via is not None and column is step.via.column:
                 value = pm.c.new_id
             elif root_parent is not None and column.name == root_parent[0]:
                 value = literal(root_parent[1])
             elif step.number is not None and column is step.number[0]:
-                if rank is None:
-                    rank = func.row_number().over(order_by=list(table.primary_key.columns))
-                    count = self.conn.execute(
-                        select(func.count()).select_from(source).where(*where)
-                    ).scalar_one()
                 value = self._number_expression(step, rank, int(count or 0))
             else:
                 value = column
             columns.append(column.name)
             values.append(value)
-        statement = insert(table).from_select(columns, select(*values).select_from(source).where(*where))
-        inserted = self.conn.execute(statement.execution_options(preserve_rowcount=True))
-        self.rows[table.name] = count if count is not None else inserted.rowcount
-        if step.mapped:
-            self.dialect.after_explicit_ids(self.conn, table)
-            if step.via is None:
-                self.new_id = base + 1
+        rows = select(*values).select_from(source).where(*where)
+        engine_ids = pk is not None and allocated is None
+        if engine_ids:
+            rows = rows.order_by(pk)  # the engine gives consecutive ids in this order
+        inserted = self.conn.execute(
+            insert(table).from_select(columns, rows).execution_options(preserve_rowcount=True)
+        )
+        self.rows[table.name] = inserted.rowcount if count is None else count
+        if engine_ids and old is not None:
+            first = self.dialect.first_inserted_id(self.conn)
+            offset = first - 1 + func.row_number().over(order_by=old.c.old_id)
+            self._write_map(table, select(old.c.old_id, offset.label("new_id")))
+        if step.via is None and pk is not None:
+            self.new_id = int(
+                self.conn.execute(
+                    select(RUNS.map.c.new_id).where(
+                        RUNS.map.c.run_id == self.run_id, RUNS.map.c.table_name == name
+                    )
+                ).scalar_one()
+            )
+
+    def _write_map(self, table: Table, ids: Select[Any]) -> None:
+        """One INSERT … SELECT of the (old_id, new_id) pairs of ``table`` into the run's map."""
+        pairs = ids.subquery()
+        self.conn.execute(
+            insert(RUNS.map).from_select(
+                ["run_id", "table_name", "old_id", "new_id"],
+                select(
+                    literal(self.run_id),
+                    literal(canonical(table.name), String),
+                    pairs.c.old_id,
+                    pairs.c.new_id,
+                ),
+            )
+        )
+        self.dialect.analyze(self.conn, RUNS.map)
 
     def _number_expression(self, step: Step, rank: ColumnElement[Any], count: int) -> ColumnElement[str]:
         assert step.number is not None
