@@ -108,15 +108,16 @@ class SQLite(Dialect):
         for suffix in "iukd":
             conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS erpsync_{number}_{suffix}")
 
-    def mute_capture(self, conn: Connection) -> None:
+    def mute_capture(self, conn: Connection, number: int | None = None) -> None:
         """Drop the capture triggers inside the transaction; ``unmute_capture`` recreates them.
 
         The transaction holds SQLite's write lock from its first write to its
         commit, so no other program can write while the triggers are away, and a
         rollback brings them back with everything else.
         """
+        pattern = f"erpsync_{number}_[iukd]" if number is not None else "erpsync_[0-9]*_[iukd]"
         rows = conn.exec_driver_sql(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name GLOB 'erpsync_[0-9]*_[iukd]'"
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name GLOB ?", (pattern,)
         ).all()
         for name, _ in rows:
             conn.exec_driver_sql(f"DROP TRIGGER {conn.dialect.identifier_preparer.quote(name)}")

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
-from sqlalchemy.engine import RowMapping
 
 from erpsync.errors import ErpSyncError
 from erpsync.sync import conflicts
@@ -119,7 +119,7 @@ def apply_batch(
             table = node.table(batch.table, conn)
             rows = TableRows(conn, node, table, state)
             source = rows.number(batch.source)
-            node.dialect.mute_capture(conn)
+            node.dialect.mute_capture(conn, table.number)
             try:
                 work = _Apply(rows, batch, policies, source, result, restore, skip)
                 touched = work.run()
@@ -166,6 +166,8 @@ def _check_concurrent(conn: Connection, table: SyncTable, touched: list[Key]) ->
     batch again, after folding that write, so it is merged like any other.
     """
     log = table.log
+    if not touched or conn.execute(select(log.c.seq).limit(1)).first() is None:
+        return
     columns = [log.c[f"k{i}"] for i in range(len(table.keys))]
     for part in _chunks(touched, IN_LIMIT):
         if conn.execute(select(log.c.seq).where(key_in(columns, part)).limit(1)).first() is not None:
@@ -230,10 +232,11 @@ class _Apply:
 
     def run(self) -> list[Key]:
         rows = [self.local_order(r) for r in self.batch.rows]
-        for r in rows:
-            for stamp in (*(r.clocks or ()), r.deleted):
-                if stamp is not None:
-                    self.state.see(stamp.hlc)
+        latest = max((max(r.clocks) for r in rows if r.clocks), default=None)
+        deleted = max((r.deleted for r in rows if r.deleted is not None), default=None)
+        for stamp in (latest, deleted):
+            if stamp is not None:
+                self.state.see(stamp.hlc)
         local = self.rows.shadows(r.gid for r in rows)
         if self.batch.stream == ALIVE:
             self._alive([r for r in rows if r.alive], local)
@@ -247,13 +250,13 @@ class _Apply:
 
     # -- rows present on the sender ------------------------------------------------------------
 
-    def _alive(self, rows: list[RowChange], local: dict[str, RowMapping]) -> None:
+    def _alive(self, rows: list[RowChange], local: dict[str, Mapping[str, Any]]) -> None:
         refs, dropped = self._resolve_references(rows)
         if dropped:
             rows = [r for r in rows if r.gid not in dropped]
             self.result.skipped += len(dropped)
-        inserts: list[tuple[RowChange, RowMapping | None, bool]] = []
-        merges: list[tuple[RowChange, RowMapping]] = []
+        inserts: list[tuple[RowChange, Mapping[str, Any] | None, bool]] = []
+        merges: list[tuple[RowChange, Mapping[str, Any]]] = []
         for r in rows:
             mine = local.get(r.gid)
             if mine is None:
@@ -266,6 +269,10 @@ class _Apply:
                     self.result.unchanged += 1
             else:
                 merges.append((r, mine))
+        fresh = [r for r, mine, restamp in inserts if mine is None and not restamp]
+        if fresh and not any(c.ref == self.table.key for c in self.table.columns):
+            done = self._fast_inserts(fresh, refs)
+            inserts = [item for item in inserts if item[0].gid not in done]
         incoming = self._merge(merges, refs)
         new_rows = [self._incoming(r, refs, restamp) for r, _, restamp in inserts]
         incoming += new_rows
@@ -332,7 +339,9 @@ class _Apply:
             raise _Missing
         return resolved, dropped
 
-    def _revive(self, r: RowChange, mine: RowMapping, refs: dict[str, dict[str, Key]]) -> tuple[bool, bool]:
+    def _revive(
+        self, r: RowChange, mine: Mapping[str, Any], refs: dict[str, dict[str, Key]]
+    ) -> tuple[bool, bool]:
         """Whether a row deleted here comes back, and whether with a new clock."""
         if self.restore:
             return True, True
@@ -360,10 +369,10 @@ class _Apply:
         return False, False
 
     def _merge(
-        self, merges: list[tuple[RowChange, RowMapping]], refs: dict[str, dict[str, Key]]
+        self, merges: list[tuple[RowChange, Mapping[str, Any]]], refs: dict[str, dict[str, Key]]
     ) -> list[Incoming]:
         """Decide, column by column, what each present row takes from the remote state."""
-        decided: list[tuple[RowChange, RowMapping, list[Stamp], Relation, list[Side], Versions]] = []
+        decided: list[tuple[RowChange, Mapping[str, Any], list[Stamp], Relation, list[Side], Versions]] = []
         for r, mine in merges:
             assert r.clocks is not None
             stamps = self.rows.stamps(mine)
@@ -403,7 +412,7 @@ class _Apply:
     def _merge_row(
         self,
         r: RowChange,
-        mine: RowMapping,
+        mine: Mapping[str, Any],
         stamps: list[Stamp],
         rel: Relation,
         sides: list[Side],
@@ -477,7 +486,7 @@ class _Apply:
                     values[i] = key[0]
         return values
 
-    def _key(self, mine: RowMapping) -> Key:
+    def _key(self, mine: Mapping[str, Any]) -> Key:
         return tuple(mine[f"k{i}"] for i in range(len(self.table.keys)))
 
     # -- writing -------------------------------------------------------------------------------
@@ -502,7 +511,7 @@ class _Apply:
         self.rows.update_app(changes)
         self.result.updated += sum(1 for row in rows if row.writes)
 
-    def _write_inserts(self, items: list[tuple[RowChange, RowMapping | None, Incoming]]) -> None:
+    def _write_inserts(self, items: list[tuple[RowChange, Mapping[str, Any] | None, Incoming]]) -> None:
         if not items:
             return
         keys = self._allocate([r for r, _, _ in items])
@@ -548,17 +557,129 @@ class _Apply:
             self.rows.node.dialect.after_explicit_ids(self.rows.conn, self.table.app)
         self.result.inserted += len(items)
 
+    def _fast_inserts(self, rows: list[RowChange], refs: dict[str, dict[str, Key]]) -> set[str]:
+        """Insert rows new to this node in bulk; return the global ids done.
+
+        The common case of a first sync or of a batch of new rows: plain tuples,
+        one set query per unique key, the engine's bulk path. Rows whose business
+        key is already held here are left to the general path (renumbering).
+        """
+        table = self.table
+        width = len(table.columns)
+        ref_slots = [
+            (i, refs.get(table.parents[c.ref].key, {}))
+            for i, c in enumerate(table.columns)
+            if c.ref is not None
+        ]
+        values_list: list[list[Any]] = []
+        for r in rows:
+            assert r.values is not None
+            values = list(r.values)
+            for i, found in ref_slots:
+                if values[i] is not None:
+                    values[i] = found[values[i]][0]
+            values_list.append(values)
+        held_back = self._held_business_keys(values_list)
+        chosen = [i for i in range(len(rows)) if i not in held_back]
+        if not chosen:
+            return set()
+        keys = self._allocate([rows[i] for i in chosen])
+        numbers: dict[str, int] = {}
+
+        def number(node_id: str) -> int:
+            if node_id not in numbers:
+                numbers[node_id] = self.rows.number(node_id)
+            return numbers[node_id]
+
+        convert = [(j, p) for j, c in enumerate(table.columns) if (p := self.rows.processors.get(c.name))]
+        key_convert = [(j, p) for j, k in enumerate(table.keys) if (p := self.rows.processors.get(k.name))]
+        app_rows: list[tuple[Any, ...]] = []
+        # Python's sqlite3 binds NULL slowly: each shape of row lists only the columns it fills
+        shadow_rows: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        fixed = ("gid", *(f"k{j}" for j in range(len(table.keys))), "seq", "deleted", "src", "bh", "bn")
+        for i, key in zip(chosen, keys, strict=True):
+            r = rows[i]
+            assert r.clocks is not None
+            values = values_list[i]
+            for j, convert_one in convert:
+                if values[j] is not None:
+                    values[j] = convert_one(values[j])
+            if key_convert:
+                converted = list(key)
+                for j, convert_one in key_convert:
+                    converted[j] = convert_one(converted[j])
+                app_rows.append((*converted, *values))
+            else:
+                app_rows.append((*key, *values))
+            first = r.clocks[0]
+            if r.clocks.count(first) == width:
+                row: tuple[Any, ...] = (
+                    r.gid,
+                    *key,
+                    self.state.next_seq(),
+                    0,
+                    self.source,
+                    first.hlc,
+                    number(first.node),
+                )
+                extra: dict[str, Any] = {}
+            else:
+                stored = self.rows.clock_values(list(r.clocks))
+                row = (r.gid, *key, self.state.next_seq(), 0, self.source, stored["bh"], stored["bn"])
+                extra = {k: v for k, v in stored.items() if k[0] in "cn" and v is not None}
+            if r.versions:
+                extra["vv"] = self.rows.versions_text(r.versions, list(r.clocks))
+            if r.deleted is not None:
+                extra.update(dh=r.deleted.hlc, dn=number(r.deleted.node))
+            shadow_rows.setdefault((*fixed, *extra), []).append((*row, *extra.values()))
+            self.touched.append(key)
+        key_names = [k.name for k in table.keys]
+        self.rows.bulk_insert(table.app, [*key_names, *(c.name for c in table.columns)], app_rows)
+        if table.surrogate:
+            self.rows.node.dialect.after_explicit_ids(self.rows.conn, table.app)
+        for columns, group in shadow_rows.items():
+            self.rows.bulk_insert(table.shadow, list(columns), group)
+        self.result.inserted += len(chosen)
+        return {rows[i].gid for i in chosen}
+
+    def _held_business_keys(self, values_list: list[list[Any]]) -> set[int]:
+        """Indexes of new rows whose unique business key a local row already holds."""
+        table = self.table
+        held: set[int] = set()
+        for unique in table.uniques:
+            if any(c not in table._index for c in unique):
+                continue
+            slots = [table.index(c) for c in unique]
+            wanted: dict[tuple[Any, ...], int] = {}
+            for n, values in enumerate(values_list):
+                value = tuple(values[i] for i in slots)
+                if None not in value:
+                    if _loose(value) in wanted:  # twice in the batch: let the general path sort it out
+                        held.add(n)
+                    wanted[_loose(value)] = n
+            if not wanted:
+                continue
+            names = [self.rows.quote(table.columns[i].name) for i in slots]
+            sql = f"SELECT {', '.join(names)} FROM {self.rows.quote(table.app.name)} WHERE"
+            found = self.rows.select_in(
+                sql, names, [tuple(values_list[n][i] for i in slots) for n in wanted.values()]
+            )
+            for row in found:
+                match = wanted.get(_loose(tuple(row.values())))
+                if match is not None:
+                    held.add(match)
+        return held
+
     def _allocate(self, rows: list[RowChange]) -> list[Key]:
         """Local keys for new rows: the sender's id where it is free here, else the next free one."""
         if not self.table.surrogate:
             return [tuple(r.key or ()) for r in rows]
         top = self.rows.node.dialect.reserve_ids(self.rows.conn, self.table.app)
         hints = [r.key[0] if r.key else None for r in rows]
-        column = self.rows.key_columns[0]
-        taken: set[Any] = set()
-        wanted = [h for h in hints if h is not None]
-        for part in _chunks(wanted, IN_LIMIT):
-            taken.update(v for (v,) in self.rows.conn.execute(select(column).where(column.in_(part))))
+        column = self.rows.quote(self.rows.key_columns[0].name)
+        sql = f"SELECT {column} AS k FROM {self.rows.quote(self.table.app.name)} WHERE"
+        found = self.rows.select_in(sql, [column], [(h,) for h in hints if h is not None])
+        taken: set[Any] = {r["k"] for r in found}
         keys: list[Key] = []
         used: set[Any] = set()
         pending: list[int] = []
@@ -577,8 +698,8 @@ class _Apply:
 
     # -- tombstones ----------------------------------------------------------------------------
 
-    def _gone(self, rows: list[RowChange], local: dict[str, RowMapping]) -> None:
-        to_delete: list[tuple[RowChange, RowMapping]] = []
+    def _gone(self, rows: list[RowChange], local: dict[str, Mapping[str, Any]]) -> None:
+        to_delete: list[tuple[RowChange, Mapping[str, Any]]] = []
         policy = policy_for(self.policies, self.table)
         for r in rows:
             assert r.deleted is not None
@@ -649,7 +770,7 @@ class _Apply:
 
     def _tombstone_update(
         self,
-        mine: RowMapping,
+        mine: Mapping[str, Any],
         deleted: Stamp,
         *,
         seen: int | None = None,
@@ -675,6 +796,11 @@ class _Apply:
         elif seen is not None:
             values["ds"] = max(seen, mine["ds"] or 0)
         self.shadow_updates.append(values)
+
+
+def _loose(value: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A unique value as a case- and trailing-space-insensitive index would compare it."""
+    return tuple(v.strip().lower() if isinstance(v, str) else v for v in value)
 
 
 def _parents_first(

@@ -154,9 +154,10 @@ def record_row(
 
 def close_superseded(rows: TableRows, gids: Sequence[str]) -> None:
     """Close the open conflicts of rows that just caught up with a version newer than both sides."""
-    if not gids:
-        return
     table = rows.node.meta[CONFLICTS]
+    probe = select(table.c.id).where(table.c.tbl == rows.table.number, table.c.status == OPEN).limit(1)
+    if not gids or rows.conn.execute(probe).first() is None:
+        return
     rows.conn.execute(
         update(table)
         .where(table.c.tbl == rows.table.number, table.c.status == OPEN, table.c.gid.in_(list(gids)))

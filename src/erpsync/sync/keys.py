@@ -218,8 +218,7 @@ def _year_of(fmt: numbering.NumberFormat, value: str) -> int:
 
 def journal_renumbering(rows: TableRows, renumbered: Sequence[Renumbering]) -> None:
     """One ``tb_Logs`` row per renumbering, when the database has the ERP journal."""
-    names = {n.lower() for n in inspect(rows.conn).get_table_names()}
-    if "tb_logs" not in names or not renumbered:
+    if not renumbered or "tb_logs" not in {n.lower() for n in inspect(rows.conn).get_table_names()}:
         return
     for r in renumbered:
         key = r.key[0] if r.key and isinstance(r.key[0], int) else None

@@ -33,7 +33,7 @@ def settle_conflict(node: Node, conflict: Conflict, take: str) -> None:
         state = node.lock(conn)
         fold(node, conn, state)
         rows = TableRows(conn, node, node.table(conflict.table, conn), state)
-        node.dialect.mute_capture(conn)
+        node.dialect.mute_capture(conn, node.table(conflict.table, conn).number)
         try:
             _settle(rows, conflict, take)
         finally:

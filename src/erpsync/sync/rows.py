@@ -6,11 +6,10 @@ at once (``IN`` lists, ``executemany``), never one query per row.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, inspect, select, update
-from sqlalchemy.engine import RowMapping
+from sqlalchemy import Connection, Table, inspect, select
 
 from erpsync.sync.capture import IN_LIMIT, Key, _chunks, key_in
 from erpsync.sync.hlc import Stamp
@@ -29,28 +28,89 @@ class TableRows:
         self.state = state
         self.ids = node.peer_ids(conn)
         self.key_columns = [table.app.c[k.name] for k in table.keys]
+        self.mark = node.dialect.paramstyle_mark
+        self.quote = node.db.quote
+        dialect = conn.dialect
+        self.processors: dict[str, Callable[[Any], Any] | None] = {
+            c.name: c.type.dialect_impl(dialect).bind_processor(dialect) for c in table.app.columns
+        }
+        self._numbers: dict[str, int] = {v: k for k, v in self.ids.items()}
+
+    # -- plain DB-API: the hot paths skip SQLAlchemy's per-row parameter handling -------------
+
+    def many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        """``executemany`` on the transaction's own DB-API connection."""
+        if not params:
+            return
+        cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(sql, params)
+        finally:
+            cursor.close()
+
+    def select_in(
+        self, sql: str, columns: Sequence[str], values: Sequence[Sequence[Any]]
+    ) -> list[dict[str, Any]]:
+        """Rows of ``sql`` (ending in ``WHERE``) whose ``columns`` are one of ``values``, as dicts."""
+        out: list[dict[str, Any]] = []
+        cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            for part in _chunks(values, IN_LIMIT):
+                one = "(" + ", ".join([self.mark] * len(columns)) + ")" if len(columns) > 1 else self.mark
+                target = f"({', '.join(columns)})" if len(columns) > 1 else columns[0]
+                cursor.execute(
+                    f"{sql} {target} IN ({', '.join([one] * len(part))})", [v for row in part for v in row]
+                )
+                names = [d[0] for d in cursor.description]
+                out.extend(dict(zip(names, row, strict=True)) for row in cursor.fetchall())
+        finally:
+            cursor.close()
+        return out
+
+    def bulk_insert(self, table: Table, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+        """Insert tuples the engine's fastest way (COPY on PostgreSQL); values already converted."""
+        if rows:
+            self.node.dialect.bulk_insert(self.conn, table, columns, rows)
+
+    def insert_rows(self, table: str, rows: list[dict[str, Any]], processors: bool = False) -> None:
+        """Insert dicts (column name → value) into ``table``, grouped by their keys."""
+        for group in _same_keys(rows):
+            names = list(group[0])
+            convert = [self.processors.get(n) if processors else None for n in names]
+            sql = (
+                f"INSERT INTO {self.quote(table)} ({', '.join(self.quote(n) for n in names)}) "
+                f"VALUES ({', '.join([self.mark] * len(names))})"
+            )
+            self.many(sql, [_converted([r[n] for n in names], convert) for r in group])
+
+    def update_rows(
+        self, table: str, where: Sequence[str], rows: list[dict[str, Any]], processors: bool = False
+    ) -> None:
+        """Update ``table``: each dict holds the ``where`` columns' values and the columns to set."""
+        for group in _same_keys(rows):
+            names = [n for n in group[0] if n not in where]
+            if not names:
+                continue
+            convert = [self.processors.get(n) if processors else None for n in names] + [None] * len(where)
+            assignments = ", ".join(f"{self.quote(n)} = {self.mark}" for n in names)
+            condition = " AND ".join(f"{self.quote(w)} = {self.mark}" for w in where)
+            sql = f"UPDATE {self.quote(table)} SET {assignments} WHERE {condition}"
+            params = [_converted([r[n] for n in names] + [r[w] for w in where], convert) for r in group]
+            self.many(sql, params)
 
     # -- metadata ----------------------------------------------------------------------------
 
-    def shadows(self, gids: Iterable[str]) -> dict[str, RowMapping]:
+    def shadows(self, gids: Iterable[str]) -> dict[str, Mapping[str, Any]]:
         """The metadata rows of ``gids`` that exist here (present rows and tombstones)."""
-        s = self.table.shadow
-        found: dict[str, RowMapping] = {}
-        for part in _chunks(list(gids), IN_LIMIT):
-            for row in self.conn.execute(select(s).where(s.c.gid.in_(part))):
-                found[row.gid] = row._mapping
-        return found
+        sql = f"SELECT * FROM {self.quote(self.table.shadow.name)} WHERE"
+        return {r["gid"]: r for r in self.select_in(sql, ["gid"], [(g,) for g in gids])}
 
-    def shadows_by_key(self, keys: Sequence[Key]) -> dict[Key, RowMapping]:
+    def shadows_by_key(self, keys: Sequence[Key]) -> dict[Key, Mapping[str, Any]]:
         """The metadata rows of present rows, by local key."""
-        s = self.table.shadow
-        columns = [s.c[f"k{i}"] for i in range(len(self.table.keys))]
-        found: dict[Key, RowMapping] = {}
-        for part in _chunks(keys, IN_LIMIT):
-            for row in self.conn.execute(select(s).where(key_in(columns, part))):
-                m = row._mapping
-                found[tuple(m[f"k{i}"] for i in range(len(columns)))] = m
-        return found
+        width = len(self.table.keys)
+        sql = f"SELECT * FROM {self.quote(self.table.shadow.name)} WHERE"
+        found = self.select_in(sql, [f"k{i}" for i in range(width)], keys)
+        return {tuple(m[f"k{i}"] for i in range(width)): m for m in found}
 
     def stamp_of(self, hlc: int | None, number: int | None) -> Stamp:
         """A stored (clock, node number) as a ``Stamp``."""
@@ -58,7 +118,7 @@ class TableRows:
             return Stamp(0, "")
         return Stamp(hlc, self.ids[number])
 
-    def stamps(self, shadow: RowMapping) -> list[Stamp]:
+    def stamps(self, shadow: Mapping[str, Any]) -> list[Stamp]:
         """The clock of each column of a present row."""
         base = self.stamp_of(shadow["bh"], shadow["bn"])
         return [
@@ -66,7 +126,7 @@ class TableRows:
             for i in range(len(self.table.columns))
         ]
 
-    def versions(self, shadow: RowMapping, stamps: Sequence[Stamp] | None = None) -> Versions:
+    def versions(self, shadow: Mapping[str, Any], stamps: Sequence[Stamp] | None = None) -> Versions:
         """A present row's version vector: the stored one, else the one its clocks imply."""
         stored = parse_versions(shadow["vv"], self.ids)
         return (
@@ -82,7 +142,7 @@ class TableRows:
             return None
         return format_versions(merged(versions, implied(known)), self.number)
 
-    def deleted_stamp(self, shadow: RowMapping) -> Stamp | None:
+    def deleted_stamp(self, shadow: Mapping[str, Any]) -> Stamp | None:
         """The largest delete seen for a row, if any."""
         return self.stamp_of(shadow["dh"], shadow["dn"]) if shadow["dh"] is not None else None
 
@@ -112,11 +172,9 @@ class TableRows:
 
     def write_shadows(self, inserts: list[dict[str, Any]], updates: list[dict[str, Any]]) -> None:
         """Insert new metadata rows and update existing ones (``b_gid`` names the row)."""
-        s = self.table.shadow
-        for group in _same_keys(inserts):
-            self.conn.execute(insert(s), group)
-        for group in _same_keys(updates):
-            self.conn.execute(update(s).where(s.c.gid == bindparam("b_gid")), group)
+        name = self.table.shadow.name
+        self.insert_rows(name, inserts)
+        self.update_rows(name, ["gid"], [_renamed(u) for u in updates])
 
     def restamp(self, gids: Sequence[str], columns: Iterable[int] | None = None) -> None:
         """Write the current values of ``columns`` (default all) again, with a new local clock.
@@ -149,16 +207,13 @@ class TableRows:
 
     def keys_of(self, table: SyncTable, gids: Iterable[str]) -> dict[str, Key | None]:
         """Local keys of ``gids`` in ``table``; ``None`` for a tombstone; absent if unknown."""
-        s = table.shadow
         width = len(table.keys)
-        found: dict[str, Key | None] = {}
-        for part in _chunks(list(gids), IN_LIMIT):
-            query = select(s.c.gid, s.c.deleted, *[s.c[f"k{i}"] for i in range(width)]).where(
-                s.c.gid.in_(part)
-            )
-            for row in self.conn.execute(query):
-                found[row[0]] = None if row[1] else tuple(row[2:])
-        return found
+        keys = ", ".join(f"k{i}" for i in range(width))
+        sql = f"SELECT gid, deleted, {keys} FROM {self.quote(table.shadow.name)} WHERE"
+        return {
+            r["gid"]: None if r["deleted"] else tuple(r[f"k{i}"] for i in range(width))
+            for r in self.select_in(sql, ["gid"], [(g,) for g in gids])
+        }
 
     def gids_of(self, table: SyncTable, keys: Iterable[Any]) -> dict[Any, str]:
         """Global ids of present rows of ``table`` by their (single-column) local key."""
@@ -215,26 +270,31 @@ class TableRows:
         return found
 
     def insert_app(self, rows: list[dict[str, Any]]) -> None:
-        """Insert application rows (dicts by column name)."""
-        for group in _same_keys(rows):
-            self.conn.execute(insert(self.table.app), group)
+        """Insert application rows (dicts by column name), converted as SQLAlchemy would."""
+        self.insert_rows(self.table.app.name, rows, processors=True)
 
     def update_app(self, changes: list[tuple[Key, dict[str, Any]]]) -> None:
         """Update application rows: (key, {column name: value}), grouped by the columns set."""
-        app = self.table.app
-        where = and_(*[c == bindparam(f"w_{i}") for i, c in enumerate(self.key_columns)])
-        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for key, values in changes:
-            if values:
-                params = {**values, **{f"w_{i}": v for i, v in enumerate(key)}}
-                groups.setdefault(tuple(sorted(values)), []).append(params)
-        for group in groups.values():
-            self.conn.execute(update(app).where(where), group)
+        names = [c.name for c in self.key_columns]
+        rows = [{**values, **dict(zip(names, key, strict=True))} for key, values in changes if values]
+        self.update_rows(self.table.app.name, names, rows, processors=True)
 
     def delete_app(self, keys: Sequence[Key]) -> None:
         """Delete application rows by key."""
-        for part in _chunks(keys, IN_LIMIT):
-            self.conn.execute(delete(self.table.app).where(key_in(self.key_columns, part)))
+        names = [self.quote(c.name) for c in self.key_columns]
+        where = " AND ".join(f"{n} = {self.mark}" for n in names)
+        self.many(f"DELETE FROM {self.quote(self.table.app.name)} WHERE {where}", [tuple(k) for k in keys])
+
+
+def _converted(values: list[Any], processors: Sequence[Callable[[Any], Any] | None]) -> tuple[Any, ...]:
+    return tuple(v if p is None or v is None else p(v) for v, p in zip(values, processors, strict=True))
+
+
+def _renamed(update: dict[str, Any]) -> dict[str, Any]:
+    """An update dict with its ``b_gid`` (the row to update) as ``gid``."""
+    out = {k: v for k, v in update.items() if k != "b_gid"}
+    out["gid"] = update["b_gid"]
+    return out
 
 
 def _same_keys(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
