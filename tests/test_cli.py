@@ -140,3 +140,20 @@ def test_duplicate_from_the_command_line(tmp_path: Path) -> None:
     assert code == 1 and "not of the form NAME=VALUE" in err
     code, _, err = run("duplicate", db, "client", "1", "--format", "CLIENT=CLI-{x}")
     assert code == 1 and "must contain {n} once" in err
+
+
+def test_passwords_are_never_printed(tmp_path: Path) -> None:
+    from tests.conftest import fresh_database
+
+    with fresh_database("postgresql", tmp_path) as url:
+        # The local PostgreSQL trusts every login, so any password is accepted: the one to hide.
+        secret = url.replace("postgres@", "postgres:S3cretPw@")
+        assert run("db", "init", secret)[0] == 0
+        outputs = [
+            run("--lang", "en", "duplicate", "runs", secret),
+            run("export", secret, str(tmp_path / "e")),
+            run("import", str(tmp_path / "e"), secret),
+            run("db", "summary", secret),
+        ]
+        assert all(code == 0 for code, _, _ in outputs)
+        assert not any("S3cretPw" in out + err for _, out, err in outputs)

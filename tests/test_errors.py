@@ -18,6 +18,7 @@ from erpsync.errors import (
     DatabaseError,
     DatabaseNotFound,
     ErpSyncError,
+    InvalidArgument,
     UnsupportedEngine,
 )
 from tests.conftest import drop_database, fresh_database, server_url
@@ -135,3 +136,46 @@ def test_every_message_has_a_french_translation() -> None:
     ids = message_ids()
     assert len(ids) > 50
     assert sorted(i for i in ids if i not in i18n.FRENCH) == []
+
+
+def test_a_sqlite_writer_waits_for_another_programs_pending_write(tmp_path: Path) -> None:
+    """erpsync's write transactions wait (up to 30 s) instead of failing with "database is locked"."""
+    import sqlite3
+    import threading
+    import time
+
+    from sqlalchemy import text
+
+    from erpsync.schema import init_schema
+
+    path = tmp_path / "erp.sqlite"
+    with open_database(path, create=True) as db:
+        init_schema(db)
+        held = threading.Event()
+
+        def erp_writes() -> None:
+            erp = sqlite3.connect(path, isolation_level=None)
+            erp.execute("BEGIN IMMEDIATE")
+            erp.execute("INSERT INTO tb_Utilisateur (Login, Nom) VALUES ('erp', 'ERP')")
+            held.set()
+            time.sleep(0.5)
+            erp.execute("COMMIT")
+            erp.close()
+
+        thread = threading.Thread(target=erp_writes)
+        thread.start()
+        held.wait(5)
+        with db.begin() as conn:
+            count = conn.execute(text("SELECT COUNT(*) FROM tb_Utilisateur")).scalar_one()
+            conn.execute(text("INSERT INTO tb_Utilisateur (Login, Nom) VALUES ('erpsync', 'E')"))
+        thread.join()
+        assert count == 1  # it waited for the ERP's commit, then saw its row
+
+
+def test_number_formats_pad_with_zeros_only() -> None:
+    from erpsync.numbering import NumberFormat
+
+    assert NumberFormat("C{n:05d}").render(89, 2026) == "C00089"
+    for wrong in ("C{n:5d}", "C{n:x}", "C{n:0d}", "C{annee}"):
+        with pytest.raises(InvalidArgument):
+            NumberFormat(wrong)

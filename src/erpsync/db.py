@@ -104,9 +104,15 @@ class Database:
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        """A connection in a transaction, committed if the block succeeds, else rolled back."""
-        with self.translate_errors(), self.engine.begin() as conn:
-            yield conn
+        """A connection in a transaction, committed if the block succeeds, else rolled back.
+
+        On SQLite the transaction takes the write lock at once (BEGIN IMMEDIATE),
+        waiting up to 30 s for another program's write to finish.
+        """
+        with self.translate_errors(), self.engine.connect() as conn:
+            conn.execution_options(write=True)
+            with conn.begin():
+                yield conn
 
     def run_transaction(self, work: Callable[[Connection], T], attempts: int = 5) -> T:
         """``work(conn)`` in a transaction, run again if the engine aborted it to break a deadlock.

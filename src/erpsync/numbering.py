@@ -73,7 +73,7 @@ class NumberFormat:
 
 
 def _valid_spec(spec: str) -> bool:
-    return spec == "" or (spec.endswith("d") and spec[:-1].isdigit())
+    return spec in ("", "d") or (spec.startswith("0") and spec.endswith("d") and spec[1:-1].isdigit())
 
 
 DEFAULT_FORMATS: dict[str, NumberFormat] = {

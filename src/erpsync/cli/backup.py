@@ -87,7 +87,7 @@ def restore_command(db: str, path: Path, folder: Path | None, force: bool) -> No
     console.print(
         tr(
             "Restored {db} from {file}; its previous state is in {before}.",
-            db=db,
+            db=database.name,
             file=str(path),
             before=str(before),
         )

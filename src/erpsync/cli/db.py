@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from erpsync.cli.output import DB_ARGUMENT, console, progress_bar
-from erpsync.db import Database, create_server_database, open_database
+from erpsync.db import Database, create_server_database, display, open_database, parse_url
 from erpsync.fill import fill
 from erpsync.i18n import tr
 from erpsync.schema import init_schema
@@ -28,7 +28,7 @@ def db() -> None:
 def init(db: str, create_database: bool) -> None:
     """Create the reference ERP schema; do nothing if it is already there as expected."""
     if create_database and create_server_database(db):
-        console.print(tr("Database {name} created.", name=db))
+        console.print(tr("Database {name} created.", name=display(parse_url(db))))
     with open_database(db, create=True) as database:
         result = init_schema(database)
     if not result.created:

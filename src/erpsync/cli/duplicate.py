@@ -193,7 +193,7 @@ def runs_command(db: str) -> None:
     """List the duplication runs recorded in the database, newest first."""
     with open_database(db) as database:
         runs = list_runs(database)
-    table = Table(title=tr("Duplication runs of {db}", db=db))
+    table = Table(title=tr("Duplication runs of {db}", db=database.name))
     for column in ("Run", "When", "Level", "Source", "Copy", "User", "Status"):
         table.add_column(tr(column))
     for run in runs:

@@ -59,8 +59,8 @@ def resolve_database(ctx: click.Context, _param: click.Parameter, value: str) ->
     ``PC1`` means this node's database when erpsync.toml (or ``--config``) names
     this node PC1, or the URL of peer PC1 when that URL is a database.
     """
-    if "://" in value or Path(value).exists():
-        return value
+    if "://" in value or Path(value).exists() or not value.replace("-", "").replace("_", "").isalnum():
+        return value  # a URL, an existing file, or a path: not a node name
     root = ctx.find_root()
     path = Path((root.obj or {}).get("config") or DEFAULT_PATH)
     if not path.is_file():

@@ -28,7 +28,7 @@ def export_command(db: str, out: Path, fmt: str) -> None:
     """Export every table of DB into FOLDER, with a manifest of counts and checksums."""
     with open_database(db) as database, progress_bar() as progress:
         manifest = export_database(database, out, fmt=fmt, progress=progress)
-    table = Table(title=tr("Export of {db} into {folder}", db=db, folder=str(out)))
+    table = Table(title=tr("Export of {db} into {folder}", db=database.name, folder=str(out)))
     table.add_column(tr("Table"))
     table.add_column(tr("Rows"), justify="right")
     table.add_column(tr("File"))
@@ -52,7 +52,9 @@ def import_command(folder: Path, db: str, mode: str) -> None:
     """Load an export into DB, in one transaction; nothing is written if any file is damaged."""
     with open_database(db) as database, progress_bar() as progress:
         report = import_database(folder, database, mode=mode, progress=progress)
-    table = Table(title=tr("Import of {folder} into {db} ({mode})", folder=str(folder), db=db, mode=mode))
+    table = Table(
+        title=tr("Import of {folder} into {db} ({mode})", folder=str(folder), db=database.name, mode=mode)
+    )
     table.add_column(tr("Table"))
     table.add_column(tr("Rows added"), justify="right")
     if mode == "merge":

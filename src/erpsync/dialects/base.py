@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -70,7 +71,8 @@ class Dialect:
         sql = f"INSERT INTO {column_list(conn, table, columns)} VALUES ({marks})"
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            cursor.executemany(sql, batch)
+            with driver_errors(conn, sql):
+                cursor.executemany(sql, batch)
         finally:
             cursor.close()
         return len(batch)
@@ -204,6 +206,16 @@ class Dialect:
             if index.get("unique") and names and all(isinstance(c, str) for c in names):
                 found.append(tuple(str(c) for c in names))
         return list(dict.fromkeys(k for k in found if k))
+
+
+@contextmanager
+def driver_errors(conn: Connection, sql: str) -> Iterator[None]:
+    """Wrap errors of a raw DB-API call as SQLAlchemy does, so callers translate them as usual."""
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        yield
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, dbapi.Error, dialect=conn.dialect) from exc
 
 
 def single_pk(table: Table) -> Column[Any]:

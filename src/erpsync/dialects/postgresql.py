@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from erpsync.dialects.base import Dialect, column_list, single_pk
+from erpsync.dialects.base import Dialect, column_list, driver_errors, single_pk
 from erpsync.errors import (
     AuthenticationFailed,
     ConnectionFailed,
@@ -43,7 +43,7 @@ class PostgreSQL(Dialect):
         count = 0
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            with cursor.copy(sql) as copy:
+            with driver_errors(conn, sql), cursor.copy(sql) as copy:
                 for row in rows:
                     copy.write_row(row)
                     count += 1

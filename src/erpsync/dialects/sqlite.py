@@ -51,7 +51,9 @@ class SQLite(Dialect):
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN")
+            # A writer takes the write lock at once: upgrading a read lock later fails with
+            # "database is locked" without waiting while another program holds a pending write.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
         return engine
 
