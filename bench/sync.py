@@ -1,0 +1,257 @@
+"""Sync benchmarks: capture overhead, apply throughput, no-op sync, memory of a big sync.
+
+    python -m bench.sync --engines sqlite,mariadb,postgresql
+
+- capture: 100,000 inserts (one executemany), 100,000 updates (one UPDATE
+  statement), 1,000 single-row transactions, each on the reference schema
+  without and with erpsync's triggers; the ratio is with / without.
+- apply: 100,000 changed rows (a fresh ``--big-project``) read from a SQLite
+  node, then applied to a fresh node on each engine; changes per second of the
+  apply alone and of the whole push (read + apply).
+- big: a 1,000,000-line project synced from a SQLite node to an empty SQLite
+  node (time, peak memory of the syncing process), then a sync with nothing
+  to do between them (median of 20, after opening both databases).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+
+from bench.common import print_table, scratch_database, timed
+from erpsync.db import Database, open_database
+from erpsync.fill import fill
+from erpsync.schema import erp_tables, init_schema
+from erpsync.sync.apply import apply_batch
+from erpsync.sync.node import init_node
+from erpsync.sync.peer import LocalPeer
+from erpsync.sync.session import sync
+
+ROWS = 100_000
+TRANSACTIONS = 1_000
+
+
+# -- capture overhead --------------------------------------------------------------------------------
+
+
+def _prepare(db: Database) -> None:
+    """One client and one order to hang 100,000 lines under."""
+    with db.begin() as conn:
+        day = "'2026-01-01'"
+        conn.execute(
+            text(f"INSERT INTO tb_Projet (id, NumProjet, Libelle, DateCreation) VALUES (1, 'P1', 'P', {day})")
+        )
+        conn.execute(
+            text(f"INSERT INTO tb_Version (id, fkProjet, NumVersion, DateCreation) VALUES (1, 1, 'V', {day})")
+        )
+        conn.execute(
+            text("INSERT INTO tb_Client (id, fkVersion, Code, RaisonSociale) VALUES (1, 1, 'C', 'C')")
+        )
+        conn.execute(
+            text(
+                "INSERT INTO tb_Commande (id, fkClient, NumCommande, DateCommande, Statut, MontantHT) "
+                "VALUES (1, 1, 'O', '2026-01-01', 'X', 0)"
+            )
+        )
+
+
+def _inserts(db: Database) -> float:
+    mark = db.dialect.paramstyle_mark
+    rows = [
+        (i, 1, i, f"REF-{i}", f"Article {i}", Decimal("1.00"), Decimal("9.90")) for i in range(1, ROWS + 1)
+    ]
+    columns = "id, fkCommande, NumLigne, Reference, Designation, Quantite, PrixUnitaire"
+    sql = f"INSERT INTO tb_LigneCommande ({columns}) VALUES ({', '.join([mark] * 7)})"
+
+    def run() -> None:
+        with db.begin() as conn:
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            cursor.executemany(sql, rows)
+            cursor.close()
+            db.dialect.after_explicit_ids(conn, erp_tables(db.dialect)["tb_LigneCommande"])
+
+    return timed(run)[0]
+
+
+def _updates(db: Database) -> float:
+    def run() -> None:
+        with db.begin() as conn:
+            conn.execute(text("UPDATE tb_LigneCommande SET Quantite = Quantite + 1"))
+
+    return timed(run)[0]
+
+
+def _transactions(db: Database) -> float:
+    def run() -> None:
+        for i in range(TRANSACTIONS):
+            with db.begin() as conn:
+                conn.execute(
+                    text(
+                        "INSERT INTO tb_LigneCommande (fkCommande, NumLigne, Designation, Quantite, "
+                        "PrixUnitaire) VALUES (1, :n, 'Ligne', 1, 2)"
+                    ),
+                    {"n": i},
+                )
+
+    return timed(run)[0]
+
+
+def capture(engine: str) -> list[list[str]]:
+    """Seconds without and with triggers for the three workloads."""
+    results: dict[str, list[float]] = {"inserts": [], "updates": [], "transactions": []}
+    for with_triggers in (False, True):
+        with scratch_database(engine) as url, open_database(url, create=True) as db:
+            init_schema(db)
+            _prepare(db)
+            if with_triggers:
+                init_node(db, "bench")
+            results["inserts"].append(_inserts(db))
+            results["updates"].append(_updates(db))
+            results["transactions"].append(_transactions(db))
+    out = []
+    for name, label in (
+        ("inserts", f"{ROWS:,} inserts"),
+        ("updates", f"{ROWS:,} updates"),
+        ("transactions", f"{TRANSACTIONS:,} 1-row txns"),
+    ):
+        without, with_ = results[name]
+        out.append([engine, label, f"{without:.2f}", f"{with_:.2f}", f"{with_ / without:.2f}"])
+    return out
+
+
+# -- apply throughput ----------------------------------------------------------------------------------
+
+
+def apply_throughput(source: Database, engine: str) -> list[str]:
+    """Apply the source node's changes to a fresh node on ``engine``."""
+    with scratch_database(engine) as url, open_database(url, create=True) as target:
+        init_schema(target)
+        init_node(target, f"target-{engine}")
+        a, b = LocalPeer(source, owned=False), LocalPeer(target, owned=False)
+        here, there = a.hello(), b.hello()
+
+        def read() -> list[Any]:
+            batches = []
+            for table, stream, count in a.plan({}, here.seq, there.node_id):
+                if count:
+                    batches += list(a.changes(table, stream, 0, here.seq, there.node_id, 5000))
+            return batches
+
+        read_seconds, batches = timed(read)
+        rows = sum(len(batch.rows) for batch in batches)
+
+        def apply_all() -> None:
+            for batch in batches:
+                result = apply_batch(b.node, batch, {})
+                assert not result.missing
+
+        apply_seconds, _ = timed(apply_all)
+        total = read_seconds + apply_seconds
+        return [
+            f"sqlite → {engine}",
+            f"{rows:,}",
+            f"{read_seconds:.2f}",
+            f"{apply_seconds:.2f}",
+            f"{rows / apply_seconds:,.0f}",
+            f"{rows / total:,.0f}",
+        ]
+
+
+# -- a big node: sync of 1,000,000 changes, then a sync with nothing to do -----------------------------
+
+
+def _peak_rss_mb() -> str:
+    try:
+        import resource
+    except ImportError:  # Windows: not measured
+        return "n/a"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f}"
+
+
+def _sync_in_child(a: str, b: str, queue: Any) -> None:
+    """Run the big sync in a process of its own, so its peak memory is its own."""
+    before = _peak_rss_mb()
+    with open_database(a) as source, open_database(b) as target:
+        seconds, summary = timed(lambda: sync(source, target))
+    queue.put((seconds, sum(t.sent for t in summary.tables.values()), before, _peak_rss_mb()))
+
+
+def big(lines: int) -> list[list[str]]:
+    """The 1,000,000-line sync, and the no-op sync that follows."""
+    with scratch_database("sqlite") as a_url, scratch_database("sqlite") as b_url:
+        with open_database(a_url, create=True) as a, open_database(b_url, create=True) as b:
+            init_schema(a)
+            init_schema(b)
+            fill(a, scale=0, seed=1, big_project=lines)
+            init_seconds, _ = timed(lambda: init_node(a, "big"))
+            init_node(b, "copy")
+        queue: Any = multiprocessing.get_context("spawn").Queue()
+        child = multiprocessing.get_context("spawn").Process(
+            target=_sync_in_child, args=(a_url, b_url, queue)
+        )
+        child.start()
+        seconds, rows, rss_before, rss_peak = queue.get()
+        child.join()
+        with open_database(a_url) as a, open_database(b_url) as b:
+            sync(a, b)
+            times = []
+            for _ in range(20):
+                elapsed, summary = timed(lambda: sync(a, b))
+                assert summary.nothing_to_do
+                times.append(elapsed)
+        return [
+            ["node init (register every row)", f"{init_seconds:.2f} s", ""],
+            [f"sync of {rows:,} changes", f"{seconds:.1f} s", f"{rows / seconds:,.0f} rows/s"],
+            ["peak memory of the syncing process", f"{rss_peak} MB", f"(after opening: {rss_before} MB)"],
+            ["sync with nothing to do (median of 20)", f"{statistics.median(times) * 1000:.1f} ms", ""],
+        ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engines", default="sqlite,mariadb,postgresql")
+    parser.add_argument("--parts", default="capture,apply,big")
+    parser.add_argument("--lines", type=int, default=1_000_000, help="lines of the big node")
+    args = parser.parse_args()
+    engines = args.engines.split(",")
+    parts = args.parts.split(",")
+    run: dict[str, Callable[[], None]] = {}
+
+    def run_capture() -> None:
+        rows = [row for engine in engines for row in capture(engine)]
+        print_table(
+            "Capture overhead (seconds; ratio = with triggers / without)",
+            ["engine", "workload", "without", "with", "ratio"],
+            rows,
+        )
+
+    def run_apply() -> None:
+        with scratch_database("sqlite") as url, open_database(url, create=True) as source:
+            init_schema(source)
+            fill(source, scale=0, seed=1, big_project=ROWS)
+            init_node(source, "source")
+            rows = [apply_throughput(source, engine) for engine in engines]
+        print_table(
+            f"Apply throughput ({ROWS:,}-line project, batches of 5,000)",
+            ["direction", "rows", "read (s)", "apply (s)", "apply rows/s", "push rows/s"],
+            rows,
+        )
+
+    def run_big() -> None:
+        print_table(
+            f"A node of {args.lines:,} lines (SQLite → SQLite)", ["measure", "value", ""], big(args.lines)
+        )
+
+    run = {"capture": run_capture, "apply": run_apply, "big": run_big}
+    for part in parts:
+        run[part]()
+
+
+if __name__ == "__main__":
+    main()
