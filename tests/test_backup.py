@@ -103,3 +103,35 @@ def test_retention_keeps_the_last_backups(erp_db: Database, tmp_path: Path) -> N
         [b.file for b in kept] + [f"{b.file}.json" for b in kept]
     )
     assert prune(folder, keep_days=0) == [kept[1].file]  # the newest is always kept
+
+
+def test_retention_only_counts_the_backups_of_the_same_database(tmp_path: Path) -> None:
+    from erpsync.db import open_database
+    from erpsync.schema import init_schema
+
+    folder = tmp_path / "shared"
+    names = {}
+    for name in ("zeta", "alpha"):
+        with open_database(tmp_path / f"{name}.sqlite", create=True) as db:
+            init_schema(db)
+            names[name] = db.name
+            for _ in range(2):
+                made, _ = create_backup(db, folder, keep_last=1)
+    kept = {b.database: b.file for b in list_backups(folder)}
+    assert set(kept) == set(names.values()) and len(list_backups(folder)) == 2
+    assert made.name == kept[names["alpha"]]  # the backup just made is kept
+
+
+def test_damaged_manifests_are_skipped_and_never_delete_anything(erp_db: Database, tmp_path: Path) -> None:
+    folder = tmp_path / "backups"
+    good, _ = create_backup(erp_db, folder)
+    (folder / "edited.json").write_text('{"file": "", "method": "export", "created": "yesterday"}')
+    (folder / "escape.json").write_text(
+        good.with_name(good.name + ".json").read_text().replace(good.name, "..")
+    )
+    create_backup(erp_db, folder, keep_last=1)
+    assert len(list_backups(folder)) == 1
+    assert folder.is_dir() and (folder / "edited.json").exists()
+    with pytest.raises(BackupFailed, match=r"manifest .* is damaged"):
+        verify_backup(folder / "escape.json")
+    assert not list(folder.glob("*.partial"))

@@ -18,44 +18,57 @@ import contextlib
 import gzip
 import hashlib
 import io
-import json
 import os
 import re
 import shutil
 import sqlite3
 import subprocess
 import tempfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, field_validator
 from sqlalchemy import text
 
 from erpsync.db import Database, open_database
 from erpsync.errors import ErpSyncError, InvalidArgument, NotFound, SchemaMismatch
 from erpsync.export import describe_database, export_database, import_database, read_manifest
 
-SQLITE, PG_DUMP, MARIADB_DUMP, EXPORT = "sqlite-backup", "pg_dump", "mariadb-dump", "export"
+Method = Literal["sqlite-backup", "pg_dump", "mariadb-dump", "export"]
+SQLITE: Method = "sqlite-backup"
+PG_DUMP: Method = "pg_dump"
+MARIADB_DUMP: Method = "mariadb-dump"
+EXPORT: Method = "export"
 
 
 class BackupFailed(ErpSyncError):
     """A backup or a restore could not be made, or a backup is damaged."""
 
 
-@dataclass(frozen=True)
-class Backup:
-    """A backup file (or export folder) and what its manifest says of it."""
+class Backup(BaseModel):
+    """A backup file (or export folder) and what its manifest says of it (validated when read)."""
+
+    model_config = ConfigDict(frozen=True)
 
     file: str
-    method: str
-    created: str
+    method: Method
+    created: datetime
     database: str
     engine: str
     sha256: str
     schema_fingerprint: str
     rows: dict[str, int]
     reason: str = "manual"
+
+    @field_validator("file")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not value or value in (".", "..") or Path(value).name != value or "\\" in value:
+            raise ValueError("must be a file name inside the backup folder")
+        return value
 
     def manifest_path(self, folder: Path) -> Path:
         return folder / f"{self.file}.json"
@@ -85,62 +98,53 @@ def create_backup(
     maker = {"sqlite": _sqlite, "postgresql": _postgresql, "mariadb": _mariadb}[db.dialect.name]
     file, method, fingerprint, rows = maker(db, folder, base)
     backup = Backup(
-        file.name,
-        method,
-        stamp.isoformat(sep=" ", timespec="seconds"),
-        db.name,
-        db.dialect.name,
-        _checksum(file),
-        fingerprint,
-        rows,
-        reason,
+        file=file.name,
+        method=method,
+        created=stamp.replace(microsecond=0),
+        database=db.name,
+        engine=db.dialect.name,
+        sha256=_checksum(file),
+        schema_fingerprint=fingerprint,
+        rows=rows,
+        reason=reason,
     )
-    _write_json(backup.manifest_path(folder), asdict(backup))
-    prune(folder, keep_last=keep_last, keep_days=keep_days)
+    with _written(backup.manifest_path(folder)) as partial:
+        partial.write_text(backup.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    prune(folder, keep_last=keep_last, keep_days=keep_days, database=db.name)
     return folder / backup.file, backup
 
 
-def _sqlite(db: Database, folder: Path, base: str) -> tuple[Path, str, str, dict[str, int]]:
+def _sqlite(db: Database, folder: Path, base: str) -> tuple[Path, Method, str, dict[str, int]]:
     target = folder / f"{base}.sqlite"
-    partial = target.with_suffix(".partial")
-    source = sqlite3.connect(str(db.url.database))
-    copy = sqlite3.connect(partial)
-    try:
-        source.backup(copy)
-    finally:
-        copy.close()
-        source.close()
-    with open_database(partial) as snapshot, snapshot.connect() as conn:
-        fingerprint, rows = describe_database(conn, snapshot)
-    partial.replace(target)
+    with _written(target) as partial:
+        source = sqlite3.connect(str(db.url.database))
+        copy = sqlite3.connect(partial)
+        try:
+            source.backup(copy)
+        finally:
+            copy.close()
+            source.close()
+        with open_database(partial) as snapshot, snapshot.connect() as conn:
+            fingerprint, rows = describe_database(conn, snapshot)
     return target, SQLITE, fingerprint, rows
 
 
-def _postgresql(db: Database, folder: Path, base: str) -> tuple[Path, str, str, dict[str, int]]:
+def _postgresql(db: Database, folder: Path, base: str) -> tuple[Path, Method, str, dict[str, int]]:
     tool = shutil.which("pg_dump")
     if tool is None:
         return _export(db, folder, base)
     target = folder / f"{base}.dump"
     url = db.url
-    with db.connect() as conn:
+    with db.connect() as conn, _written(target) as partial:
         conn = conn.execution_options(isolation_level="REPEATABLE READ")
         snapshot = conn.execute(text("SELECT pg_export_snapshot()")).scalar_one()
         fingerprint, rows = describe_database(conn, db)
-        _run(
-            [
-                tool,
-                "--format=custom",
-                f"--snapshot={snapshot}",
-                f"--file={target}",
-                "--no-password",
-                str(url.database),
-            ],
-            _pg_env(db),
-        )
+        command = [tool, "--format=custom", f"--snapshot={snapshot}", f"--file={partial}", "--no-password"]
+        _run([*command, str(url.database)], _pg_env(db))
     return target, PG_DUMP, fingerprint, rows
 
 
-def _mariadb(db: Database, folder: Path, base: str) -> tuple[Path, str, str, dict[str, int]]:
+def _mariadb(db: Database, folder: Path, base: str) -> tuple[Path, Method, str, dict[str, int]]:
     tool = shutil.which("mariadb-dump") or shutil.which("mysqldump")
     if tool is None:
         return _export(db, folder, base)
@@ -155,22 +159,21 @@ def _mariadb(db: Database, folder: Path, base: str) -> tuple[Path, str, str, dic
         "--skip-dump-date",
         f"--host={url.host or 'localhost'}",
         f"--port={url.port or 3306}",
-        f"--user={url.username}",
+        *_mysql_user(db),
         str(url.database),
     ]
-    partial = target.with_suffix(".partial")
     with (
+        _written(target) as partial,
         partial.open("wb") as raw,
         gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as out,
     ):
         _run(command, _mysql_env(db), sink=out)
-    partial.replace(target)
     with db.connect() as conn:
         fingerprint, _ = describe_database(conn, db)
     return target, MARIADB_DUMP, fingerprint, _mariadb_dump_rows(target)
 
 
-def _export(db: Database, folder: Path, base: str) -> tuple[Path, str, str, dict[str, int]]:
+def _export(db: Database, folder: Path, base: str) -> tuple[Path, Method, str, dict[str, int]]:
     target = folder / f"{base}.export"
     manifest = export_database(db, target)
     return target, EXPORT, manifest.schema_fingerprint, {t.name: t.rows for t in manifest.tables}
@@ -179,15 +182,21 @@ def _export(db: Database, folder: Path, base: str) -> tuple[Path, str, str, dict
 # -- reading backups ------------------------------------------------------------------------
 
 
-def list_backups(folder: Path) -> list[Backup]:
-    """The backups in ``folder``, newest first (damaged manifests are skipped)."""
+def list_backups(folder: Path, database: str | None = None) -> list[Backup]:
+    """The backups in ``folder`` (of ``database`` only, if given), newest first.
+
+    Manifests that do not validate are skipped: a hand-edited file must not stop
+    the other backups from being listed or kept.
+    """
     backups = []
     for path in Path(folder).glob("*.json"):
         try:
-            backups.append(Backup(**json.loads(path.read_text(encoding="utf-8"))))
-        except (ValueError, TypeError):
+            backup = Backup.model_validate_json(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError):
             continue
-    return sorted(backups, key=lambda b: b.file, reverse=True)
+        if database is None or backup.database == database:
+            backups.append(backup)
+    return sorted(backups, key=lambda b: (b.created, b.file), reverse=True)
 
 
 def load_backup(path: Path) -> tuple[Path, Backup]:
@@ -195,17 +204,17 @@ def load_backup(path: Path) -> tuple[Path, Backup]:
     path = Path(path)
     manifest = path if path.suffix == ".json" else path.with_name(path.name + ".json")
     try:
-        backup = Backup(**json.loads(manifest.read_text(encoding="utf-8")))
+        backup = Backup.model_validate_json(manifest.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise NotFound(
             "no backup at {path}", "list backups with: erpsync backup list DB", path=str(path)
         ) from None
-    except (ValueError, TypeError) as exc:
+    except ValueError as exc:
         raise BackupFailed(
             "the manifest {path} is damaged: {reason}",
             "use another backup",
             path=str(manifest),
-            reason=str(exc),
+            reason=str(exc).splitlines()[0],
         ) from None
     return manifest.parent / backup.file, backup
 
@@ -353,44 +362,16 @@ def restore_backup(db: Database, path: Path, *, force: bool = False, folder: Pat
             db=db.name,
         )
     before, _ = create_backup(db, folder, reason="before restore")
-    if backup.method == SQLITE:
-        source = sqlite3.connect(file)
-        target = sqlite3.connect(str(db.url.database))
-        try:
-            source.backup(target)
-        finally:
-            target.close()
-            source.close()
-    elif backup.method == PG_DUMP:
-        _run(
-            [
-                shutil.which("pg_restore") or "pg_restore",
-                "--clean",
-                "--if-exists",
-                "--single-transaction",
-                "--no-owner",
-                "--no-password",
-                f"--dbname={db.url.database}",
-                str(file),
-            ],
-            _pg_env(db),
-        )
-    elif backup.method == MARIADB_DUMP:
-        url = db.url
-        with gzip.open(file, "rb") as dump:
-            _run(
-                [
-                    shutil.which("mariadb") or shutil.which("mysql") or "mariadb",
-                    f"--host={url.host or 'localhost'}",
-                    f"--port={url.port or 3306}",
-                    f"--user={url.username}",
-                    str(url.database),
-                ],
-                _mysql_env(db),
-                feed=dump,
-            )
-    else:
-        import_database(file, db, mode="replace")
+    try:
+        _restore(db, file, backup.method)
+    except ErpSyncError as exc:
+        raise BackupFailed(
+            "restoring {file} failed ({reason}); the state before the restore is in {before}",
+            "restore {before} to go back",
+            file=backup.file,
+            reason=exc.message,
+            before=str(before),
+        ) from exc
     db.engine.dispose()
     with db.connect() as conn:
         _, rows = describe_database(conn, db)
@@ -405,19 +386,55 @@ def restore_backup(db: Database, path: Path, *, force: bool = False, folder: Pat
     return before
 
 
-def prune(folder: Path, *, keep_last: int | None = None, keep_days: int | None = None) -> list[str]:
-    """Delete the backups beyond the last ``keep_last`` and older than ``keep_days`` days.
+def _restore(db: Database, file: Path, method: str) -> None:
+    """Load a backup into ``db`` with the tool that made it."""
+    url = db.url
+    if method == SQLITE:
+        source = sqlite3.connect(file)
+        target = sqlite3.connect(str(url.database))
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+    elif method == PG_DUMP:
+        restore = [
+            shutil.which("pg_restore") or "pg_restore",
+            "--clean",
+            "--if-exists",
+            "--single-transaction",
+        ]
+        _run([*restore, "--no-owner", "--no-password", f"--dbname={url.database}", str(file)], _pg_env(db))
+    elif method == MARIADB_DUMP:
+        client = shutil.which("mariadb") or shutil.which("mysql") or "mariadb"
+        command = [
+            client,
+            f"--host={url.host or 'localhost'}",
+            f"--port={url.port or 3306}",
+            *_mysql_user(db),
+        ]
+        with gzip.open(file, "rb") as dump:
+            _run([*command, str(url.database)], _mysql_env(db), feed=dump)
+    else:
+        import_database(file, db, mode="replace")
+
+
+def prune(
+    folder: Path, *, keep_last: int | None = None, keep_days: int | None = None, database: str | None = None
+) -> list[str]:
+    """Delete the backups (of ``database``, if given) beyond the last ``keep_last`` and older
+    than ``keep_days`` days.
 
     With both, a backup is kept if either rule keeps it; the newest is always kept.
     """
     if keep_last is None and keep_days is None:
         return []
-    backups = list_backups(folder)
+    backups = list_backups(folder, database)
     limit = datetime.now() - timedelta(days=keep_days) if keep_days is not None else None
     removed = []
     for index, backup in enumerate(backups):
         kept_by_count = keep_last is not None and index < keep_last
-        kept_by_age = limit is not None and datetime.fromisoformat(backup.created) >= limit
+        kept_by_age = limit is not None and backup.created >= limit
         if index == 0 or kept_by_count or kept_by_age:
             continue
         target = Path(folder) / backup.file
@@ -443,24 +460,35 @@ def _checksum(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_json(path: Path, data: object) -> None:
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    partial.replace(path)
+@contextmanager
+def _written(target: Path) -> Iterator[Path]:
+    """A temporary path renamed to ``target`` once the block succeeds, deleted if it fails:
+    an interrupted backup never looks like a good one, and leaves nothing behind."""
+    partial = target.with_name(target.name + ".partial")
+    try:
+        yield partial
+        partial.replace(target)
+    finally:
+        if partial.is_dir():
+            shutil.rmtree(partial)
+        else:
+            partial.unlink(missing_ok=True)
 
 
 def _pg_env(db: Database) -> dict[str, str]:
     url = db.url
     env = dict(
-        os.environ,
-        PGHOST=url.host or "localhost",
-        PGPORT=str(url.port or 5432),
-        PGUSER=url.username or "",
-        PGDATABASE=str(url.database),
+        os.environ, PGHOST=url.host or "localhost", PGPORT=str(url.port or 5432), PGDATABASE=str(url.database)
     )
+    if url.username:
+        env["PGUSER"] = url.username
     if url.password:
         env["PGPASSWORD"] = str(url.password)
     return env
+
+
+def _mysql_user(db: Database) -> list[str]:
+    return [f"--user={db.url.username}"] if db.url.username else []
 
 
 def _mysql_env(db: Database) -> dict[str, str]:

@@ -167,6 +167,7 @@ FRENCH: dict[str, str] = {
     "restore it anyway with --force": "restaurez-la quand même avec --force",
     "the restored database does not hold the rows of backup {file}; the state before the restore is in {before}": "la base restaurée ne contient pas les lignes de la sauvegarde {file} ; l'état d'avant la restauration est dans {before}",
     "restore {before} to go back": "restaurez {before} pour revenir en arrière",
+    "restoring {file} failed ({reason}); the state before the restore is in {before}": "la restauration de {file} a échoué ({reason}) ; l'état d'avant la restauration est dans {before}",
     "{tool} failed: {reason}": "{tool} a échoué : {reason}",
     "run again with --debug, or check the server": "relancez avec --debug, ou vérifiez le serveur",
     "Backup {file} made ({method}, {rows:,} rows).": "Sauvegarde {file} faite ({method}, {rows:,} lignes).",
