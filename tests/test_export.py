@@ -147,3 +147,56 @@ def test_export_refuses_a_folder_that_is_not_empty(erp_db: Database, tmp_path: P
     with pytest.raises(InvalidArgument, match="not empty"):
         export_database(erp_db, folder)
     assert [p.name for p in folder.iterdir()] == ["keep.txt"]
+
+
+def test_an_export_is_one_consistent_state_while_the_erp_writes(
+    erp_db: Database, db_url: str, tmp_path: Path
+) -> None:
+    import threading
+
+    fill(erp_db, scale=1, seed=6)
+    writers: list[threading.Thread] = []
+
+    def erp_adds_an_order() -> None:
+        with open_database(db_url) as erp, erp.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO tb_Commande (id, fkClient, NumCommande, DateCommande, Statut, "
+                    "MontantHT) VALUES (90001, 1, 'CMD-NEW', '2026-05-05', 'VALIDEE', 10)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO tb_LigneCommande (fkCommande, NumLigne, Designation, Quantite, "
+                    "PrixUnitaire) VALUES (90001, 1, 'Ajout', 1, 10)"
+                )
+            )
+
+    def progress(label: str, done: int, total: int) -> None:
+        if label == "tb_Commande" and not writers:  # after the orders, before their lines
+            writers.append(threading.Thread(target=erp_adds_an_order))
+            writers[0].start()
+            writers[0].join(timeout=2)  # done at once on a server; SQLite's waits for the export
+
+    export_database(erp_db, tmp_path / "export", progress=progress)
+    writers[0].join(timeout=60)
+    with open_database(tmp_path / "copy.sqlite", create=True) as copy:
+        init_schema(copy)
+        import_database(tmp_path / "export", copy, mode="replace")  # foreign keys checked on load
+        assert _count(copy, "tb_LigneCommande") == _count(erp_db, "tb_LigneCommande") - 1
+
+
+def test_a_value_that_cannot_be_exported_is_named_and_leaves_nothing(tmp_path: Path) -> None:
+    with open_database(tmp_path / "erp.sqlite", create=True) as db:
+        init_schema(db)
+        fill(db, scale=1, seed=1)
+        with db.begin() as conn:
+            conn.execute(text("UPDATE tb_Version SET DateCreation = '15/03/2025' WHERE id = 2"))
+        with pytest.raises(InvalidArgument) as caught:
+            export_database(db, tmp_path / "out")
+        assert str(caught.value).startswith("tb_Version row 2: column DateCreation holds '15/03/2025'")
+        assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+        with db.begin() as conn:
+            conn.execute(text("UPDATE tb_Version SET DateCreation = '2025-03-15 00:00:00' WHERE id = 2"))
+        export_database(db, tmp_path / "out")
+        assert (tmp_path / "out" / "manifest.json").is_file()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import io
 import os
 import re
@@ -35,7 +34,14 @@ from sqlalchemy import text
 
 from erpsync.db import Database, open_database
 from erpsync.errors import ErpSyncError, InvalidArgument, NotFound, SchemaMismatch
-from erpsync.export import describe_database, export_database, import_database, read_manifest
+from erpsync.export import (
+    checksum,
+    describe_database,
+    export_database,
+    gzip_writer,
+    import_database,
+    read_manifest,
+)
 
 Method = Literal["sqlite-backup", "pg_dump", "mariadb-dump", "export"]
 SQLITE: Method = "sqlite-backup"
@@ -103,7 +109,7 @@ def create_backup(
         created=stamp.replace(microsecond=0),
         database=db.name,
         engine=db.dialect.name,
-        sha256=_checksum(file),
+        sha256=checksum(file),
         schema_fingerprint=fingerprint,
         rows=rows,
         reason=reason,
@@ -162,11 +168,7 @@ def _mariadb(db: Database, folder: Path, base: str) -> tuple[Path, Method, str, 
         *_mysql_user(db),
         str(url.database),
     ]
-    with (
-        _written(target) as partial,
-        partial.open("wb") as raw,
-        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as out,
-    ):
+    with _written(target) as partial, gzip_writer(partial) as out:
         _run(command, _mysql_env(db), sink=out)
     with db.connect() as conn:
         fingerprint, _ = describe_database(conn, db)
@@ -222,7 +224,7 @@ def load_backup(path: Path) -> tuple[Path, Backup]:
 def verify_backup(path: Path) -> Backup:
     """Check a backup: checksum, readability, integrity and rows per table against its manifest."""
     file, backup = load_backup(path)
-    if not file.exists() or _checksum(file) != backup.sha256:
+    if not file.exists() or checksum(file) != backup.sha256:
         raise BackupFailed(
             "backup {file} is missing, truncated or damaged: its checksum differs from its manifest",
             "use another backup",
@@ -448,16 +450,6 @@ def prune(
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def _checksum(path: Path) -> str:
-    digest = hashlib.sha256()
-    for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
-        if file.is_file():
-            with file.open("rb") as handle:
-                while block := handle.read(1 << 20):
-                    digest.update(block)
-    return digest.hexdigest()
 
 
 @contextmanager

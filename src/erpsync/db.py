@@ -134,12 +134,6 @@ class Database:
                 time.sleep(random.uniform(0.02, 0.1) * attempt)
         raise AssertionError("unreachable")
 
-    def server_version(self) -> str:
-        """The engine's version string, e.g. ``10.11.6-MariaDB``."""
-        with self.connect() as conn:
-            info = conn.dialect.server_version_info or ()
-        return ".".join(str(part) for part in info)
-
     def close(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()

@@ -21,23 +21,25 @@ import gzip
 import hashlib
 import io
 import json
+import shutil
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, MetaData, Table, delete, func, select, tuple_
+from sqlalchemy import Connection, Table, delete, func, select, tuple_
 from sqlalchemy.sql import sqltypes
 
 from erpsync import __version__
 from erpsync.db import Database
 from erpsync.errors import InvalidArgument, SchemaMismatch
-from erpsync.schema import ERP_TABLES, erp_tables, type_signature
+from erpsync.progress import ProgressCallback
+from erpsync.schema import ERP_TABLES, erp_tables, reflect_application, type_signature
 from erpsync.sync.encoding import encoder
 
-ProgressCallback = Callable[[str, int, int], None]
 FORMATS = ("jsonl", "csv")
 MANIFEST = "manifest.json"
 CHUNK = 5000
@@ -82,9 +84,7 @@ class Manifest:
 
 def application_tables(conn: Connection) -> list[Table]:
     """The tables to export, parents before children (erpsync's own tables excluded)."""
-    metadata = MetaData()
-    metadata.reflect(conn, only=lambda name, _: not name.lower().startswith("erpsync_"))
-    return list(metadata.sorted_tables)
+    return list(reflect_application(conn).sorted_tables)
 
 
 def canonical_names(db: Database) -> dict[str, tuple[str, dict[str, str]]]:
@@ -167,9 +167,14 @@ def _iso_datetime(value: str) -> str:
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
-def _gzip_writer(path: Path) -> gzip.GzipFile:
-    # No file name and a zero timestamp in the header: the same rows give the same bytes.
-    return gzip.GzipFile(filename="", mode="wb", fileobj=path.open("wb"), mtime=0, compresslevel=6)
+@contextmanager
+def gzip_writer(path: Path) -> Iterator[gzip.GzipFile]:
+    """Gzip without a file name or timestamp in the header: the same rows give the same bytes."""
+    with (
+        path.open("wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as out,
+    ):
+        yield out
 
 
 def export_database(
@@ -179,46 +184,99 @@ def export_database(
     if fmt not in FORMATS:
         raise InvalidArgument("unknown export format {fmt!r}", "use jsonl or csv", fmt=fmt)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    if out.is_file() or (out.is_dir() and any(out.iterdir())):
         raise InvalidArgument("{path} is not empty", "export into a new or empty folder", path=str(out))
-    out.mkdir(parents=True, exist_ok=True)
     names = canonical_names(db)
     manifests: list[TableManifest] = []
-    with db.connect() as conn:
+    with _written_folder(out) as partial, db.connect() as conn:
+        if db.dialect.snapshot_isolation:  # every table read in the same state
+            conn = conn.execution_options(isolation_level=db.dialect.snapshot_isolation)
         for table in application_tables(conn):
             spec, columns = _describe(table, names)
-            file = out / f"{spec}.{fmt}.gz"
-            convert = [_json_value(c.type) for c in table.columns]
-            count = 0
-            with _gzip_writer(file) as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as text:
-                writer = csv.writer(text, lineterminator="\n") if fmt == "csv" else None
-                if writer:
-                    writer.writerow([c["name"] for c in columns])
-                order = list(table.primary_key.columns) or list(table.columns)
-                query = str(select(table).order_by(*order).compile(conn))
-                result = conn.execution_options(stream_results=True).exec_driver_sql(query)
-                while rows := result.fetchmany(CHUNK):
-                    values = [[f(v) for f, v in zip(convert, row, strict=True)] for row in rows]
-                    if writer:
-                        writer.writerows([_csv_cell(v) for v in row] for row in values)
-                    else:
-                        text.write("".join(_JSON.encode(row) + "\n" for row in values))
-                    count += len(rows)
-                    if progress:
-                        progress(spec, count, count)
+            file = partial / f"{spec}.{fmt}.gz"
+            count = _export_table(conn, table, spec, file, fmt, [c["name"] for c in columns], progress)
+            pk_names = [columns[list(table.columns).index(c)]["name"] for c in table.primary_key.columns]
+            manifests.append(TableManifest(spec, columns, pk_names, count, file.name, checksum(file)))
+        manifest = Manifest(
+            fmt,
+            manifests,
+            fingerprint([(t.name, t.columns) for t in manifests]),
+            source=f"{db.dialect.label} {db.name}",
+            created=datetime.now().replace(microsecond=0).isoformat(sep=" "),
+        )
+        (partial / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+    return manifest
+
+
+def _export_table(
+    conn: Connection,
+    table: Table,
+    spec: str,
+    file: Path,
+    fmt: str,
+    header: list[str],
+    progress: ProgressCallback | None,
+) -> int:
+    """Write one table's rows in primary-key order; returns how many."""
+    convert = [_json_value(c.type) for c in table.columns]
+    count = 0
+    with gzip_writer(file) as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as text:
+        writer = csv.writer(text, lineterminator="\n") if fmt == "csv" else None
+        if writer:
+            writer.writerow(header)
+        order = list(table.primary_key.columns) or list(table.columns)
+        query = str(select(table).order_by(*order).compile(conn))
+        result = conn.execution_options(stream_results=True).exec_driver_sql(query)
+        while rows := result.fetchmany(CHUNK):
+            try:
+                values = [[f(v) for f, v in zip(convert, row, strict=True)] for row in rows]
+            except (ValueError, TypeError, ArithmeticError):
+                raise _bad_value(spec, header, convert, rows) from None
+            if writer:
+                writer.writerows([_csv_cell(v) for v in row] for row in values)
+            else:
+                text.write("".join(_JSON.encode(row) + "\n" for row in values))
+            count += len(rows)
             if progress:
                 progress(spec, count, count)
-            pk_names = [columns[list(table.columns).index(c)]["name"] for c in table.primary_key.columns]
-            manifests.append(TableManifest(spec, columns, pk_names, count, file.name, _sha256(file)))
-    manifest = Manifest(
-        fmt,
-        manifests,
-        fingerprint([(t.name, t.columns) for t in manifests]),
-        source=f"{db.dialect.label} {db.name}",
-        created=datetime.now().replace(microsecond=0).isoformat(sep=" "),
+    return count
+
+
+def _bad_value(
+    spec: str, header: list[str], convert: list[Callable[[Any], Any]], rows: Sequence[Any]
+) -> InvalidArgument:
+    """Name the table, row and column whose value has no canonical form (a date that is not one…)."""
+    for row in rows:
+        for name, f, value in zip(header, convert, row, strict=True):
+            try:
+                f(value)
+            except (ValueError, TypeError, ArithmeticError):
+                return InvalidArgument(
+                    "{table} row {key}: column {column} holds {value!r}, which is not a valid {column} value",
+                    "correct the value in the database, then export again",
+                    table=spec,
+                    key=row[0],
+                    column=name,
+                    value=value,
+                )
+    return InvalidArgument(
+        "{table} holds a value that cannot be exported", "check the table's values", table=spec
     )
-    (out / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
-    return manifest
+
+
+@contextmanager
+def _written_folder(target: Path) -> Iterator[Path]:
+    """A temporary folder renamed to ``target`` when complete; removed if the export fails."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+        if target.is_dir():
+            target.rmdir()  # empty, checked above
+        partial.replace(target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _csv_cell(value: Any) -> Any:
@@ -234,11 +292,14 @@ def _csv_value(cell: str) -> str | None:
     return cell[1:] if cell.startswith("\\") else cell
 
 
-def _sha256(path: Path) -> str:
+def checksum(path: Path) -> str:
+    """SHA-256 of a file, or of the files of a folder in name order."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if file.is_file():
+            with file.open("rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
     return digest.hexdigest()
 
 
@@ -284,7 +345,7 @@ def read_manifest(folder: Path) -> Manifest:
         ) from None
     for table in manifest.tables:
         file = folder / table.file
-        if not file.is_file() or _sha256(file) != table.sha256:
+        if not file.is_file() or checksum(file) != table.sha256:
             raise InvalidArgument(
                 "{file} is missing, truncated or damaged (its checksum differs from the "
                 "manifest); nothing was imported",

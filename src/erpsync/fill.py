@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -23,10 +23,8 @@ from sqlalchemy import Connection, func, select
 from erpsync import numbering
 from erpsync.db import Database
 from erpsync.errors import InvalidArgument
+from erpsync.progress import ProgressCallback
 from erpsync.schema import ERP_TABLES, ErpTables, require_schema
-
-ProgressCallback = Callable[[str, int, int], None]
-"""Called as ``progress(label, done, total)`` while long work goes on."""
 
 # Per unit of --scale.
 USERS_PER_SCALE = 5

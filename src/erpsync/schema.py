@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
+    Connection,
     Date,
     DateTime,
     ForeignKey,
@@ -158,6 +159,13 @@ class InitResult:
 
     created: tuple[str, ...]
     existing: tuple[str, ...]
+
+
+def reflect_application(conn: Connection) -> MetaData:
+    """Every table of the database except erpsync's own (``erpsync_*``), reflected."""
+    metadata = MetaData()
+    metadata.reflect(conn, only=lambda name, _: not name.lower().startswith("erpsync_"))
+    return metadata
 
 
 def init_schema(db: Database) -> InitResult:

@@ -19,8 +19,8 @@ from rich.progress import (
 )
 
 from erpsync.config import DEFAULT_PATH, load_config
-from erpsync.fill import ProgressCallback
 from erpsync.i18n import tr
+from erpsync.progress import ProgressCallback
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)

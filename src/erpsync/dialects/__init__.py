@@ -31,12 +31,4 @@ def dialect_for(url: URL) -> Dialect:
     )
 
 
-def dialect_named(name: str) -> Dialect:
-    """The dialect called ``name`` ('sqlite', 'mariadb' or 'postgresql')."""
-    for dialect in DIALECTS:
-        if dialect.name == name:
-            return dialect
-    raise KeyError(name)
-
-
-__all__ = ["DIALECTS", "Dialect", "dialect_for", "dialect_named"]
+__all__ = ["DIALECTS", "Dialect", "dialect_for"]

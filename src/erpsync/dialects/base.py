@@ -36,6 +36,8 @@ class Dialect:
     backends: ClassVar[tuple[str, ...]]
     driver: ClassVar[str]
     is_server: ClassVar[bool] = True
+    snapshot_isolation: ClassVar[str | None] = "REPEATABLE READ"
+    """The isolation level under which several SELECTs read one consistent state."""
 
     def normalize_url(self, url: URL) -> URL:
         """The URL with erpsync's driver and options (``mysql://`` → ``mysql+pymysql://``)."""

@@ -32,6 +32,7 @@ class SQLite(Dialect):
     backends = ("sqlite",)
     driver = "sqlite+pysqlite"
     is_server = False
+    snapshot_isolation = None  # a read transaction already sees one state
     paramstyle_mark: ClassVar[str] = "?"
 
     def create_engine(self, url: URL) -> Engine:

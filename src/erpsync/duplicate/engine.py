@@ -11,7 +11,7 @@ table from the counters and built in SQL from each row's rank.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -31,14 +31,12 @@ from erpsync.duplicate.plan import (
     Step,
     build_plan,
     find_table,
-    reflect,
 )
 from erpsync.duplicate.runs import DONE, RUNS, canonical, copies_of, ensure_run_tables, fingerprint
 from erpsync.errors import InvalidArgument, NotFound
 from erpsync.numbering import DEFAULT_FORMATS, NumberFormat, series_year
-from erpsync.schema import erp_tables
-
-ProgressCallback = Callable[[str, int, int], None]
+from erpsync.progress import ProgressCallback
+from erpsync.schema import erp_tables, reflect_application
 
 
 @dataclass(frozen=True)
@@ -171,7 +169,7 @@ def _validate(
         raise InvalidArgument(
             "unknown level {level!r}", "use one of: {levels}", level=level, levels=", ".join(LEVELS)
         )
-    metadata = reflect(conn)
+    metadata = reflect_application(conn)
     root = find_table(metadata, LEVELS[level])
     _check_id(conn, root, source_id, None)
     names = list(LEVELS.values())

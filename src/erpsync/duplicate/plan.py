@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy import Column, Integer, MetaData, Table, UniqueConstraint
-from sqlalchemy.engine import Connection
 
 from erpsync.errors import InvalidArgument, SchemaMismatch
 from erpsync.numbering import CLIENT, COMMANDE, PROJET
@@ -73,13 +72,6 @@ class Plan:
     @property
     def root(self) -> Step:
         return self.steps[0]
-
-
-def reflect(conn: Connection) -> MetaData:
-    """The application's tables (not erpsync's own ``erpsync_*`` tables)."""
-    metadata = MetaData()
-    metadata.reflect(conn, only=lambda name, _: not name.lower().startswith("erpsync_"))
-    return metadata
 
 
 def find_table(metadata: MetaData, name: str) -> Table:

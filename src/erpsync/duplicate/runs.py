@@ -37,9 +37,9 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from erpsync import journal
 from erpsync.db import Database
-from erpsync.duplicate.plan import EQ_NAMES, LEVELS, find_table, reflect
+from erpsync.duplicate.plan import EQ_NAMES, LEVELS, find_table
 from erpsync.errors import ChangedSinceRun, DatabaseError, InvalidArgument, NotFound
-from erpsync.schema import ERP_TABLES
+from erpsync.schema import ERP_TABLES, reflect_application
 
 DONE = "done"
 UNDONE = "undone"
@@ -241,7 +241,7 @@ def undo(db: Database, run_id: int, *, force: bool = False, user: str | None = N
                 "delete its rows by hand, using: erpsync duplicate map DB {run} TABLE OLD_ID",
                 run=run_id,
             )
-        metadata = reflect(conn)
+        metadata = reflect_application(conn)
         selections = []
         for step in steps:
             table = find_table(metadata, step.table_name)
