@@ -2,9 +2,10 @@
 
     python -m bench.sync --engines sqlite,mariadb,postgresql
 
-- capture: 100,000 inserts (one executemany), 100,000 updates (one UPDATE
-  statement), 1,000 single-row transactions, each on the reference schema
-  without and with erpsync's triggers; the ratio is with / without.
+- capture: 100,000 inserts (one executemany), 100,000 updates as one UPDATE
+  statement and as 100,000 single-row UPDATEs (executemany), 1,000 single-row
+  transactions, each on the reference schema without and with erpsync's
+  triggers; the ratio is with / without.
 - apply: 100,000 changed rows (a fresh ``--big-project``) read from a SQLite
   node, then applied to a fresh node on each engine; changes per second of the
   apply alone and of the whole push (read + apply).
@@ -87,6 +88,21 @@ def _updates(db: Database) -> float:
     return timed(run)[0]
 
 
+def _row_updates(db: Database) -> float:
+    """100,000 single-row UPDATE statements in one transaction (executemany), as an ERP writes."""
+    mark = db.dialect.paramstyle_mark
+    sql = f"UPDATE tb_LigneCommande SET PrixUnitaire = {mark} WHERE id = {mark}"
+    params = [(Decimal("10.50"), i) for i in range(1, ROWS + 1)]
+
+    def run() -> None:
+        with db.begin() as conn:
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            cursor.executemany(sql, params)
+            cursor.close()
+
+    return timed(run)[0]
+
+
 def _transactions(db: Database) -> float:
     def run() -> None:
         for i in range(TRANSACTIONS):
@@ -104,7 +120,7 @@ def _transactions(db: Database) -> float:
 
 def capture(engine: str) -> list[list[str]]:
     """Seconds without and with triggers for the three workloads."""
-    results: dict[str, list[float]] = {"inserts": [], "updates": [], "transactions": []}
+    results: dict[str, list[float]] = {"inserts": [], "updates": [], "row updates": [], "transactions": []}
     for with_triggers in (False, True):
         with scratch_database(engine) as url, open_database(url, create=True) as db:
             init_schema(db)
@@ -113,11 +129,13 @@ def capture(engine: str) -> list[list[str]]:
                 init_node(db, "bench")
             results["inserts"].append(_inserts(db))
             results["updates"].append(_updates(db))
+            results["row updates"].append(_row_updates(db))
             results["transactions"].append(_transactions(db))
     out = []
     for name, label in (
         ("inserts", f"{ROWS:,} inserts"),
-        ("updates", f"{ROWS:,} updates"),
+        ("updates", f"{ROWS:,} updates, one statement"),
+        ("row updates", f"{ROWS:,} 1-row updates"),
         ("transactions", f"{TRANSACTIONS:,} 1-row txns"),
     ):
         without, with_ = results[name]

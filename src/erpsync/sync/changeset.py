@@ -32,7 +32,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from erpsync.sync.capture import fold
 from erpsync.sync.hlc import Stamp
 from erpsync.sync.meta import NODE, shadow_name
-from erpsync.sync.model import SyncTable, dependency_order
+from erpsync.sync.model import SyncTable, dependency_order, parents_of
 from erpsync.sync.node import Node
 from erpsync.sync.policies import parse_versions
 
@@ -97,9 +97,7 @@ def plan(node: Node, since: Cursors, upto: int, for_node: str | None = None) -> 
     came from ``for_node`` are not counted (they are not sent back). Needs no
     reflection: a sync with little to do stays cheap.
     """
-    order = dependency_order(
-        {name.lower(): set(s.shape.get("refs", {}).values()) for _, name, _, s in node.rows}
-    )
+    order = dependency_order({name.lower(): parents_of(settings.shape) for _, name, _, settings in node.rows})
     numbers = {name.lower(): number for number, name, _, _ in node.rows}
     out = []
     with node.db.connect() as conn:

@@ -158,10 +158,13 @@ def table_shape(
             table=name,
         )
     refs: dict[str, str] = {}
+    parents: set[str] = set()
     for fk in inspector.get_foreign_keys(name):
         parent = str(fk["referred_table"]).lower()
-        if len(fk["constrained_columns"]) == 1 and parent in synced:
-            refs[fk["constrained_columns"][0].lower()] = parent
+        if parent in synced:
+            parents.add(parent)
+            if len(fk["constrained_columns"]) == 1:
+                refs[fk["constrained_columns"][0].lower()] = parent
     shape: dict[str, Any] = {
         "columns": {
             c["name"].lower(): f"{type_signature(c['type'])} {'NULL' if c['nullable'] else 'NOT NULL'}"
@@ -170,6 +173,7 @@ def table_shape(
         },
         "key": [f"{k.lower()} {type_signature(_type_of(columns, k))}" for k in pk],
         "refs": refs,
+        "parents": sorted(parents),
         "unique": sorted(
             ",".join(c.lower() for c in u) for u in dialect.unique_keys(conn, name) if list(u) != pk
         ),
@@ -254,8 +258,13 @@ def link(tables: Sequence[SyncTable]) -> None:
 def parents_first(tables: Sequence[SyncTable]) -> list[SyncTable]:
     """The tables ordered so that every referenced table comes before those referring to it."""
     by_key = {t.key: t for t in tables}
-    order = dependency_order({t.key: {c.ref for c in t.columns if c.ref} for t in tables})
+    order = dependency_order({t.key: parents_of(t.settings.shape) for t in tables})
     return [by_key[key] for key in order]
+
+
+def parents_of(shape: dict[str, Any]) -> set[str]:
+    """The synced tables a table references (by any foreign key), from its stored shape."""
+    return set(shape.get("refs", {}).values()) | set(shape.get("parents", []))
 
 
 def dependency_order(refs: dict[str, set[str]]) -> list[str]:
