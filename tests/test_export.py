@@ -200,3 +200,36 @@ def test_a_value_that_cannot_be_exported_is_named_and_leaves_nothing(tmp_path: P
             conn.execute(text("UPDATE tb_Version SET DateCreation = '2025-03-15 00:00:00' WHERE id = 2"))
         export_database(db, tmp_path / "out")
         assert (tmp_path / "out" / "manifest.json").is_file()
+
+
+def test_merge_never_hangs_rows_under_an_unrelated_parent(erp_db: Database, tmp_path: Path) -> None:
+    """Two PCs filled independently: same ids, other content. An order B added under its client 1
+    is not attached to A's client 1 (another company), nor its line; counters only move forward."""
+    with open_database(tmp_path / "b.sqlite", create=True) as b:
+        init_schema(b)
+        fill(b, scale=1, seed=7)
+        with b.begin() as conn:
+            conn.execute(text("UPDATE tb_Numerotation SET DernierNumero = 5000 WHERE TypeNumero = 'CLIENT'"))
+            conn.execute(
+                text(
+                    "INSERT INTO tb_Commande (id, fkClient, NumCommande, DateCommande, Statut, "
+                    "MontantHT) VALUES (90001, 1, 'CMD-B-1', '2026-05-05', 'VALIDEE', 10)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO tb_LigneCommande (id, fkCommande, NumLigne, Designation, Quantite, "
+                    "PrixUnitaire) VALUES (90001, 90001, 1, 'Ajout', 1, 10)"
+                )
+            )
+        export_database(b, tmp_path / "b")
+    fill(erp_db, scale=1, seed=0)
+    report = import_database(tmp_path / "b", erp_db, mode="merge")
+    assert [1] in report.differing["tb_Client"]
+    assert report.orphaned == {"tb_Commande": [[90001]], "tb_LigneCommande": [[90001]]}
+    assert _count(erp_db, "tb_Commande WHERE id = 90001") == 0
+    with erp_db.connect() as conn:
+        counter = conn.execute(
+            text("SELECT DernierNumero FROM tb_Numerotation WHERE TypeNumero = 'CLIENT'")
+        ).scalar_one()
+    assert counter == 5000

@@ -30,7 +30,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, func, select, tuple_
+from sqlalchemy import Connection, Table, delete, func, select, tuple_, update
 from sqlalchemy.sql import sqltypes
 
 from erpsync import __version__
@@ -308,12 +308,14 @@ def checksum(path: Path) -> str:
 
 @dataclass
 class ImportReport:
-    """What an import did, per table: rows added, rows already there, rows that differ."""
+    """What an import did, per table: rows added, rows already there, rows that differ, and
+    rows not added because a row they belong to differs (merge)."""
 
     mode: str
     added: dict[str, int] = field(default_factory=dict)
     identical: dict[str, int] = field(default_factory=dict)
     differing: dict[str, list[list[Any]]] = field(default_factory=dict)
+    orphaned: dict[str, list[list[Any]]] = field(default_factory=dict)
 
 
 def read_manifest(folder: Path) -> Manifest:
@@ -403,6 +405,7 @@ def import_database(
     folder = Path(folder)
     manifest = read_manifest(folder)
     report = ImportReport(mode)
+    held: dict[str, set[tuple[Any, ...]]] = {}  # merge: keys of rows kept as they were, per table
     with db.begin() as conn:
         targets = _match_tables(conn, manifest)
         if mode == "replace":
@@ -418,7 +421,7 @@ def import_database(
             if mode == "replace":
                 report.added[entry.name] = db.dialect.bulk_insert(conn, table, keys, (tuple(r) for r in rows))
             else:
-                _merge_table(conn, db, entry, table, columns, rows, report)
+                _merge_table(conn, db, entry, table, columns, rows, report, held)
             db.dialect.after_explicit_ids(conn, table)
             if progress:
                 progress(entry.name, entry.rows, entry.rows)
@@ -468,28 +471,62 @@ def _merge_table(
     columns: list[Any],
     rows: Iterator[list[Any]],
     report: ImportReport,
+    held: dict[str, set[tuple[Any, ...]]],
 ) -> None:
-    """Insert the rows whose primary key is missing; compare the others, chunk by chunk."""
+    """Insert the rows whose primary key is missing; compare the others, chunk by chunk.
+
+    A row whose parent was kept as it was locally (same id, other content) is not
+    added: it would hang under an unrelated row. It is reported, and so are its
+    own children. Numbering counters are the exception to "overwrite nothing":
+    they only move forward, so numbers drawn later never collide with imported ones.
+    """
     pk_positions = [i for i, c in enumerate(columns) if c.primary_key]
     pk_columns = [columns[i] for i in pk_positions]
+    parents = [
+        (i, next(iter(c.foreign_keys)).column.table.name.lower())
+        for i, c in enumerate(columns)
+        if len(c.foreign_keys) == 1
+    ]
     encoders = [encoder(c.type) for c in columns]
+    counter = next((i for i, c in enumerate(columns) if c.name.lower() == "derniernumero"), None)
+    counters = entry.name.lower() == "tb_numerotation" and counter is not None
     added = identical = 0
     differing: list[list[Any]] = []
+    orphaned: list[list[Any]] = []
+    kept = held.setdefault(table.name.lower(), set())
     while chunk := [row for _, row in zip(range(CHUNK), rows, strict=False)]:
         keys = [tuple(row[i] for i in pk_positions) for row in chunk]
         existing = {
-            tuple(found[i] for i in pk_positions): [e(v) for e, v in zip(encoders, found, strict=True)]
+            tuple(found[i] for i in pk_positions): list(found)
             for found in conn.execute(select(*columns).where(tuple_(*pk_columns).in_(keys)))
         }
-        missing = [tuple(row) for key, row in zip(keys, chunk, strict=True) if key not in existing]
-        added += db.dialect.bulk_insert(conn, table, [c.key for c in columns], missing)
+        missing = []
         for key, row in zip(keys, chunk, strict=True):
             if key in existing:
-                if existing[key] == [e(v) for e, v in zip(encoders, row, strict=True)]:
+                here = existing[key]
+                if [e(v) for e, v in zip(encoders, here, strict=True)] == [
+                    e(v) for e, v in zip(encoders, row, strict=True)
+                ]:
                     identical += 1
+                elif counters and counter is not None and row[counter] > here[counter]:
+                    conn.execute(
+                        update(table)
+                        .where(*[c == v for c, v in zip(pk_columns, key, strict=True)])
+                        .values({columns[counter].key: row[counter]})
+                    )
+                    differing.append(list(key))
                 else:
                     differing.append(list(key))
+                    kept.add(key)
+            elif any((row[i],) in held.get(parent, ()) for i, parent in parents):
+                orphaned.append(list(key))
+                kept.add(key)
+            else:
+                missing.append(tuple(row))
+        added += db.dialect.bulk_insert(conn, table, [c.key for c in columns], missing)
     report.added[entry.name] = added
     report.identical[entry.name] = identical
     if differing:
         report.differing[entry.name] = differing
+    if orphaned:
+        report.orphaned[entry.name] = orphaned

@@ -153,6 +153,7 @@ FRENCH: dict[str, str] = {
     "Rows added": "Lignes ajoutées",
     "Already there": "Déjà présentes",
     "Different, kept as they are": "Différentes, gardées telles quelles",
+    "Not added: their parent differs": "Non ajoutées : leur parent diffère",
     "{table}: rows that differ (ids): {ids}": "{table} : lignes différentes (id) : {ids}",
     # backups (issue 7)
     "no backup at {path}": "aucune sauvegarde à {path}",

@@ -60,8 +60,13 @@ def import_command(folder: Path, db: str, mode: str) -> None:
     if mode == "merge":
         table.add_column(tr("Already there"), justify="right")
         table.add_column(tr("Different, kept as they are"), justify="right")
+        table.add_column(tr("Not added: their parent differs"), justify="right")
     for name, added in report.added.items():
-        extra = [f"{report.identical.get(name, 0):,}", f"{len(report.differing.get(name, [])):,}"]
+        extra = [
+            f"{report.identical.get(name, 0):,}",
+            f"{len(report.differing.get(name, [])):,}",
+            f"{len(report.orphaned.get(name, [])):,}",
+        ]
         table.add_row(name, f"{added:,}", *(extra if mode == "merge" else []))
     console.print(table)
     for name, keys in report.differing.items():
