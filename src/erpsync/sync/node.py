@@ -199,9 +199,11 @@ class Node:
         """A write transaction for sync's own work (READ COMMITTED on the servers).
 
         READ COMMITTED lets a transaction see the log rows that writers committed
-        after it began, which the check for concurrent edits relies on.
+        after it began, which the check for concurrent edits relies on. On SQLite
+        the transaction takes the write lock at once (``write``: BEGIN IMMEDIATE).
         """
         with self.db.translate_errors(), self.db.engine.connect() as conn:
+            conn = conn.execution_options(write=True)
             if self.dialect.is_server:
                 conn = conn.execution_options(isolation_level="READ COMMITTED")
             with conn.begin():
