@@ -274,6 +274,8 @@ def test_saved_map_lookup_and_undo(filled: Database) -> None:
         before.pop(name, None)
     assert after == before
     assert [run.status for run in list_runs(filled)] == ["undone"]
+    with pytest.raises(InvalidArgument, match="was undone"):
+        lookup(filled, result.run_id, "EqClient", client)
     with pytest.raises(InvalidArgument, match="already undone"):
         undo(filled, result.run_id)
     with pytest.raises(NotFound, match="no duplication run 42"):

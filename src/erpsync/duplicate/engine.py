@@ -10,6 +10,7 @@ table from the counters and built in SQL from each row's rank.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from erpsync.duplicate.plan import (
     find_table,
 )
 from erpsync.duplicate.runs import DONE, RUNS, canonical, copies_of, ensure_run_tables, fingerprint
-from erpsync.errors import InvalidArgument, NotFound
+from erpsync.errors import InvalidArgument, NotFound, SchemaMismatch
 from erpsync.numbering import DEFAULT_FORMATS, NumberFormat, series_year
 from erpsync.progress import ProgressCallback
 from erpsync.schema import erp_tables, reflect_application
@@ -137,7 +138,8 @@ def duplicate(
     try:
         copier = db.run_transaction(work)
     except Exception as exc:
-        journal.log_failure(db, operation, canonical(plan.root.name), source_id, str(exc), user)
+        with contextlib.suppress(Exception):  # the copy's own error is the one to report
+            journal.log_failure(db, operation, canonical(plan.root.name), source_id, str(exc), user)
         raise
     if progress:
         progress("", len(plan.steps), len(plan.steps))
@@ -183,7 +185,14 @@ def _validate(
                 id=into,
             )
         parent = find_table(metadata, names[position - 1])
-        parent_column = next(fk.parent.name for fk in root.foreign_keys if fk.column.table is parent)
+        parent_column = next((fk.parent.name for fk in root.foreign_keys if fk.column.table is parent), "")
+        if not parent_column:
+            raise SchemaMismatch(
+                "{table} has no foreign key to {parent}: --into cannot tell where the copy goes",
+                "add the foreign key to the schema, or copy without --into",
+                table=canonical(root.name),
+                parent=canonical(parent.name),
+            )
         _check_id(conn, parent, into, level)
     return build_plan(metadata, root.name, deep=deep, edges=edges), parent_column
 

@@ -206,7 +206,12 @@ def lookup(db: Database, run_id: int, table: str, old_id: int) -> int:
     name = map_table_name(table)
     m = RUNS.map
     with db.connect() as conn:
-        _get_run(conn, run_id)
+        if _get_run(conn, run_id).status != DONE:  # its ids may belong to later copies now
+            raise InvalidArgument(
+                "run {run} was undone: its copies no longer exist",
+                "list runs with: erpsync duplicate runs DB",
+                run=run_id,
+            )
         new_id = conn.execute(
             select(m.c.new_id).where(m.c.run_id == run_id, m.c.table_name == name, m.c.old_id == old_id)
         ).scalar()
