@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -54,10 +55,16 @@ def value(db: Database, sql: str, **params: Any) -> Any:
 
 
 def execute(db: Database, *statements: str, **params: Any) -> None:
-    """Run statements in one transaction, as the ERP would (captured by the triggers)."""
+    """Run statements in one transaction, as the ERP would (captured by the triggers).
+
+    Then wait a few milliseconds: writes made on two nodes within the same
+    millisecond are concurrent for the clock (the larger node id wins), and the
+    tests that say "the later write wins" mean later by the clock.
+    """
     with db.begin() as conn:
         for sql in statements:
             conn.execute(text(sql), params)
+    time.sleep(0.004)
 
 
 def add_client(db: Database, id_: int, code: str, name: str, version: int = 1) -> None:
