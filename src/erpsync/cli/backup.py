@@ -54,7 +54,13 @@ def list_command(db: str, folder: Path | None) -> None:
     for column in ("File", "When", "Method", "Rows", "Reason"):
         table.add_column(tr(column), justify="right" if column == "Rows" else "left")
     for item in list_backups(where):
-        table.add_row(item.file, item.created, item.method, f"{sum(item.rows.values()):,}", tr(item.reason))
+        table.add_row(
+            item.file,
+            f"{item.created:%Y-%m-%d %H:%M:%S}",
+            item.method,
+            f"{sum(item.rows.values()):,}",
+            tr(item.reason),
+        )
     console.print(table)
 
 
