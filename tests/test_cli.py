@@ -157,3 +157,23 @@ def test_passwords_are_never_printed(tmp_path: Path) -> None:
         ]
         assert all(code == 0 for code, _, _ in outputs)
         assert not any("S3cretPw" in out + err for _, out, err in outputs)
+
+
+def test_backup_and_export_commands(tmp_path: Path) -> None:
+    db = str(tmp_path / "erp.sqlite")
+    run("db", "init", db)
+    run("db", "fill", db, "--scale", "1")
+    folder = str(tmp_path / "bk")
+    code, out, _ = run("--lang", "en", "backup", "create", db, "--folder", folder, "--keep-last", "3")
+    assert code == 0 and out.startswith(f"Backup {folder}/erp-") and "(sqlite-backup, " in out
+    backup = out.split()[1]
+    code, out, _ = run("--lang", "fr", "backup", "list", db, "--folder", folder)
+    assert code == 0 and "Sauvegardes dans" in out and "manuelle" in out
+    code, out, _ = run("--lang", "en", "backup", "verify", backup)
+    assert code == 0 and "is intact" in out
+    code, out, _ = run("--lang", "en", "backup", "restore", db, backup, "--folder", folder)
+    assert code == 0 and out.startswith(f"Restored {db} from {backup}")
+    code, out, _ = run("--lang", "en", "export", db, str(tmp_path / "ex"), "--format", "csv")
+    assert code == 0 and "tb_LigneCommande.csv.gz" in out
+    code, _, err = run("--lang", "en", "import", str(tmp_path / "nowhere"), db)
+    assert code == 1 and err.startswith("Error: ") and "no manifest.json" in err
