@@ -128,8 +128,8 @@ def capture(engine: str) -> list[list[str]]:
             if with_triggers:
                 init_node(db, "bench")
             results["inserts"].append(_inserts(db))
-            results["updates"].append(_updates(db))
             results["row updates"].append(_row_updates(db))
+            results["updates"].append(_updates(db))
             results["transactions"].append(_transactions(db))
     out = []
     for name, label in (
