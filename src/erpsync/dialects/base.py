@@ -195,6 +195,9 @@ class Dialect:
         """Log ``conn``'s writes again; call before the transaction ends."""
         raise NotImplementedError
 
+    binds_arrays: ClassVar[bool] = False
+    """Whether a list binds as one array parameter (``col = ANY(%s)``), cheaper than a long ``IN``."""
+
     def catalog_rows(self, conn: Connection, tables: Sequence[str]) -> list[tuple[Any, ...]]:
         """The catalog's description of ``tables``' columns, to notice a change of shape cheaply."""
         raise NotImplementedError

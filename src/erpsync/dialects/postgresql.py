@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Select, Subquery, Table, cast, func, select
@@ -156,6 +156,8 @@ class PostgreSQL(Dialect):
         return super().translate_error(exc, url)
 
     # -- sync: change capture (issue 5) -----------------------------------------------------
+
+    binds_arrays: ClassVar[bool] = True
 
     def gid_type(self) -> sa.types.TypeEngine[str]:
         return sa.String(32, collation="C")

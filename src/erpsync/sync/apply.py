@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, insert, select, update
 
 from erpsync.errors import ErpSyncError
 from erpsync.sync import conflicts
@@ -30,6 +30,7 @@ from erpsync.sync.capture import IN_LIMIT, Key, _chunks, fold, key_in
 from erpsync.sync.changeset import ALIVE, Batch, RowChange
 from erpsync.sync.encoding import encoder
 from erpsync.sync.hlc import Stamp
+from erpsync.sync.inserts import Inserts
 from erpsync.sync.keys import Incoming, journal_renumbering, settle
 from erpsync.sync.meta import BATCHES, CURSORS
 from erpsync.sync.model import SyncTable
@@ -156,7 +157,6 @@ def _advance(node: Node, conn: Connection, batch: Batch, source: int, result: Ap
     batches = node.meta[BATCHES]
     summary = json.dumps({k: v for k, v in asdict(result).items() if k != "missing"})
     conn.execute(insert(batches).values(batch_id=batch.batch_id, peer=source, applied=now, result=summary))
-    conn.execute(delete(batches).where(batches.c.applied < now - 30 * 86_400_000))
 
 
 def _check_concurrent(conn: Connection, table: SyncTable, touched: list[Key]) -> None:
@@ -178,7 +178,7 @@ def _check_concurrent(conn: Connection, table: SyncTable, touched: list[Key]) ->
             )
 
 
-class _Apply:
+class _Apply(Inserts):
     """The work of one batch."""
 
     def __init__(
@@ -521,191 +521,6 @@ class _Apply:
         self.rows.update_app(changes)
         self.result.updated += sum(1 for row in rows if row.writes)
 
-    def _write_inserts(self, items: list[tuple[RowChange, Mapping[str, Any] | None, Incoming]]) -> None:
-        if not items:
-            return
-        keys = self._allocate([r for r, _, _ in items])
-        app_rows = []
-        self_refs = [i for i, c in enumerate(self.table.columns) if c.ref == self.table.key]
-        gid_keys = {r.gid: k for (r, _, _), k in zip(items, keys, strict=True)}
-        for (r, mine, incoming), key in zip(items, keys, strict=True):
-            for i in self_refs:
-                value = incoming.values[i]
-                if isinstance(value, str) and value in gid_keys:
-                    incoming.values[i] = gid_keys[value][0]
-            row = {k.name: v for k, v in zip(self.table.keys, key, strict=True)}
-            row.update({c.name: incoming.values[i] for i, c in enumerate(self.table.columns)})
-            app_rows.append(row)
-            clocks = self.rows.clock_values(incoming.stamps)
-            meta = {
-                **{f"k{i}": v for i, v in enumerate(key)},
-                **clocks,
-                "vv": self.rows.versions_text(incoming.versions, incoming.stamps),
-                "seq": self.state.next_seq(),
-                "deleted": 0,
-                "src": None if incoming.restamped else self.source,
-            }
-            deleted = r.deleted
-            if mine is not None:
-                ours = self.rows.deleted_stamp(mine)
-                if ours is not None and (deleted is None or ours > deleted):
-                    deleted = ours
-                self.result.restored += 1 if self.restore else 0
-            if deleted is not None:
-                meta.update(dh=deleted.hlc, dn=self.rows.number(deleted.node))
-            if mine is None:
-                self.shadow_inserts.append({"gid": r.gid, **meta})
-            else:
-                self.shadow_updates.append({"b_gid": r.gid, **meta})
-            self.touched.append(key)
-        for item in self.renumbered:
-            if item.key is None and item.gid in gid_keys:
-                item.key = gid_keys[item.gid]
-        ordered = _parents_first(app_rows, self_refs, self.table)
-        self.rows.insert_app(ordered)
-        if self.table.surrogate:
-            self.rows.node.dialect.after_explicit_ids(self.rows.conn, self.table.app)
-        self.result.inserted += len(items)
-
-    def _fast_inserts(self, rows: list[RowChange], refs: dict[str, dict[str, Key]]) -> set[str]:
-        """Insert rows new to this node in bulk; return the global ids done.
-
-        The common case of a first sync or of a batch of new rows: plain tuples,
-        one set query per unique key, the engine's bulk path. Rows whose business
-        key is already held here are left to the general path (renumbering).
-        """
-        table = self.table
-        width = len(table.columns)
-        ref_slots = [
-            (i, refs.get(table.parents[c.ref].key, {}))
-            for i, c in enumerate(table.columns)
-            if c.ref is not None
-        ]
-        values_list: list[list[Any]] = []
-        for r in rows:
-            assert r.values is not None
-            values = list(r.values)
-            for i, found in ref_slots:
-                if values[i] is not None:
-                    values[i] = found[values[i]][0]
-            values_list.append(values)
-        held_back = self._held_business_keys(values_list)
-        chosen = [i for i in range(len(rows)) if i not in held_back]
-        if not chosen:
-            return set()
-        keys = self._allocate([rows[i] for i in chosen])
-        numbers: dict[str, int] = {}
-
-        def number(node_id: str) -> int:
-            if node_id not in numbers:
-                numbers[node_id] = self.rows.number(node_id)
-            return numbers[node_id]
-
-        convert = [(j, p) for j, c in enumerate(table.columns) if (p := self.rows.processors.get(c.name))]
-        key_convert = [(j, p) for j, k in enumerate(table.keys) if (p := self.rows.processors.get(k.name))]
-        app_rows: list[tuple[Any, ...]] = []
-        # Python's sqlite3 binds NULL slowly: each shape of row lists only the columns it fills
-        shadow_rows: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-        fixed = ("gid", *(f"k{j}" for j in range(len(table.keys))), "seq", "deleted", "src", "bh", "bn")
-        for i, key in zip(chosen, keys, strict=True):
-            r = rows[i]
-            assert r.clocks is not None
-            values = values_list[i]
-            for j, convert_one in convert:
-                if values[j] is not None:
-                    values[j] = convert_one(values[j])
-            if key_convert:
-                converted = list(key)
-                for j, convert_one in key_convert:
-                    converted[j] = convert_one(converted[j])
-                app_rows.append((*converted, *values))
-            else:
-                app_rows.append((*key, *values))
-            first = r.clocks[0]
-            if r.clocks.count(first) == width:
-                row: tuple[Any, ...] = (
-                    r.gid,
-                    *key,
-                    self.state.next_seq(),
-                    0,
-                    self.source,
-                    first.hlc,
-                    number(first.node),
-                )
-                extra: dict[str, Any] = {}
-            else:
-                stored = self.rows.clock_values(list(r.clocks))
-                row = (r.gid, *key, self.state.next_seq(), 0, self.source, stored["bh"], stored["bn"])
-                extra = {k: v for k, v in stored.items() if k[0] in "cn" and v is not None}
-            if r.versions:
-                extra["vv"] = self.rows.versions_text(r.versions, list(r.clocks))
-            if r.deleted is not None:
-                extra.update(dh=r.deleted.hlc, dn=number(r.deleted.node))
-            shadow_rows.setdefault((*fixed, *extra), []).append((*row, *extra.values()))
-            self.touched.append(key)
-        key_names = [k.name for k in table.keys]
-        self.rows.bulk_insert(table.app, [*key_names, *(c.name for c in table.columns)], app_rows)
-        if table.surrogate:
-            self.rows.node.dialect.after_explicit_ids(self.rows.conn, table.app)
-        for columns, group in shadow_rows.items():
-            self.rows.bulk_insert(table.shadow, list(columns), group)
-        self.result.inserted += len(chosen)
-        return {rows[i].gid for i in chosen}
-
-    def _held_business_keys(self, values_list: list[list[Any]]) -> set[int]:
-        """Indexes of new rows whose unique business key a local row already holds."""
-        table = self.table
-        held: set[int] = set()
-        for unique in table.uniques:
-            if any(c not in table._index for c in unique):
-                continue
-            slots = [table.index(c) for c in unique]
-            wanted: dict[tuple[Any, ...], int] = {}
-            for n, values in enumerate(values_list):
-                value = tuple(values[i] for i in slots)
-                if None not in value:
-                    if _loose(value) in wanted:  # twice in the batch: let the general path sort it out
-                        held.add(n)
-                    wanted[_loose(value)] = n
-            if not wanted:
-                continue
-            names = [self.rows.quote(table.columns[i].name) for i in slots]
-            sql = f"SELECT {', '.join(names)} FROM {self.rows.quote(table.app.name)} WHERE"
-            found = self.rows.select_in(
-                sql, names, [tuple(values_list[n][i] for i in slots) for n in wanted.values()]
-            )
-            for row in found:
-                match = wanted.get(_loose(tuple(row.values())))
-                if match is not None:
-                    held.add(match)
-        return held
-
-    def _allocate(self, rows: list[RowChange]) -> list[Key]:
-        """Local keys for new rows: the sender's id where it is free here, else the next free one."""
-        if not self.table.surrogate:
-            return [tuple(r.key or ()) for r in rows]
-        top = self.rows.node.dialect.reserve_ids(self.rows.conn, self.table.app)
-        hints = [r.key[0] if r.key else None for r in rows]
-        column = self.rows.quote(self.rows.key_columns[0].name)
-        sql = f"SELECT {column} AS k FROM {self.rows.quote(self.table.app.name)} WHERE"
-        found = self.rows.select_in(sql, [column], [(h,) for h in hints if h is not None])
-        taken: set[Any] = {r["k"] for r in found}
-        keys: list[Key] = []
-        used: set[Any] = set()
-        pending: list[int] = []
-        for i, hint in enumerate(hints):
-            if hint is not None and hint not in taken and hint not in used:
-                used.add(hint)
-                keys.append((hint,))
-            else:
-                keys.append(())
-                pending.append(i)
-        following = max([top, *[k for k in used if isinstance(k, int)]]) + 1
-        for i in pending:
-            keys[i] = (following,)
-            following += 1
-        return keys
-
     # -- tombstones ----------------------------------------------------------------------------
 
     def _gone(self, rows: list[RowChange], local: dict[str, Mapping[str, Any]]) -> None:
@@ -806,35 +621,3 @@ class _Apply:
         elif seen is not None:
             values["ds"] = max(seen, mine["ds"] or 0)
         self.shadow_updates.append(values)
-
-
-def _loose(value: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A unique value as a case- and trailing-space-insensitive index would compare it."""
-    return tuple(v.strip().lower() if isinstance(v, str) else v for v in value)
-
-
-def _parents_first(
-    rows: list[dict[str, Any]], self_refs: list[int], table: SyncTable
-) -> list[dict[str, Any]]:
-    """New rows ordered so that a row referencing another row of the batch comes after it."""
-    if not self_refs or len(table.keys) != 1:
-        return rows
-    key_name = table.keys[0].name
-    names = [table.columns[i].name for i in self_refs]
-    by_key = {row[key_name]: row for row in rows}
-    done: list[dict[str, Any]] = []
-    placed: set[Any] = set()
-
-    def place(row: dict[str, Any], depth: int = 0) -> None:
-        if row[key_name] in placed or depth > len(rows):
-            return
-        for name in names:
-            parent = by_key.get(row[name])
-            if parent is not None and parent is not row:
-                place(parent, depth + 1)
-        placed.add(row[key_name])
-        done.append(row)
-
-    for row in rows:
-        place(row)
-    return done

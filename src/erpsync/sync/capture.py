@@ -51,7 +51,10 @@ class _Entry:
 def fold(node: Node, conn: Connection, state: NodeState, tables: Sequence[SyncTable] | None = None) -> int:
     """Fold the capture logs of ``tables`` (default: all); return the rows changed."""
     changed = 0
-    for table in tables if tables is not None else node.tables(conn):
+    chosen = list(tables if tables is not None else node.tables(conn))
+    if not pending(node, conn, chosen):
+        return 0
+    for table in chosen:
         while True:
             log = table.log
             rows = conn.execute(
@@ -73,12 +76,13 @@ def fold(node: Node, conn: Connection, state: NodeState, tables: Sequence[SyncTa
     return changed
 
 
-def pending(node: Node, conn: Connection) -> bool:
-    """Whether any capture log holds entries not folded yet."""
-    for table in node.tables(conn):
-        if conn.execute(select(table.log.c.seq).limit(1)).first() is not None:
-            return True
-    return False
+def pending(node: Node, conn: Connection, tables: Sequence[SyncTable] | None = None) -> bool:
+    """Whether any capture log holds entries not folded yet (one query for all logs)."""
+    logs = [t.log for t in (tables if tables is not None else node.tables(conn))]
+    if not logs:
+        return False
+    probes = ", ".join(f"EXISTS (SELECT 1 FROM {node.db.quote(log.name)})" for log in logs)
+    return any(conn.exec_driver_sql(f"SELECT {probes}").one())
 
 
 def _fold_round(node: Node, conn: Connection, state: NodeState, table: SyncTable, rows: Sequence[Any]) -> int:

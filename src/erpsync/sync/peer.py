@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from erpsync.db import Database, open_database
 from erpsync.sync import changeset
 from erpsync.sync.apply import ApplyResult, ConcurrentWrite, PolicyMap, apply_batch
 from erpsync.sync.capture import fold
 from erpsync.sync.changeset import Batch, Cursors
-from erpsync.sync.meta import CURSORS, NODE, PEERS, log_name
+from erpsync.sync.meta import BATCHES, CURSORS, NODE, PEERS, log_name
 from erpsync.sync.node import Node
 
 PROTOCOL = 1
@@ -173,6 +173,9 @@ class LocalPeer:
             if url is not None:
                 values["url"] = url
             conn.execute(update(peers).where(peers.c.node_id == node_id).values(**values))
+            batches = self.node.meta[BATCHES]  # ids of batches applied more than 30 days ago
+            month_ago = int(datetime.now().timestamp() * 1000) - 30 * 86_400_000
+            conn.execute(delete(batches).where(batches.c.applied < month_ago))
 
     def close(self) -> None:
         if self.owned:

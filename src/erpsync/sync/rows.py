@@ -55,6 +55,12 @@ class TableRows:
         out: list[dict[str, Any]] = []
         cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
+            if len(columns) == 1 and self.node.dialect.binds_arrays:  # one parameter, however many values
+                for part in _chunks(values, 50_000):
+                    cursor.execute(f"{sql} {columns[0]} = ANY({self.mark})", [[row[0] for row in part]])
+                    names = [d[0] for d in cursor.description]
+                    out.extend(dict(zip(names, row, strict=True)) for row in cursor.fetchall())
+                return out
             for part in _chunks(values, IN_LIMIT):
                 one = "(" + ", ".join([self.mark] * len(columns)) + ")" if len(columns) > 1 else self.mark
                 target = f"({', '.join(columns)})" if len(columns) > 1 else columns[0]
