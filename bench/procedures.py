@@ -78,9 +78,8 @@ def _call_projet(db: Database, procedure: str) -> float:
 
 def _install_cursor_loop(db: Database) -> None:
     script = (HERE / f"cursor_loop_{db.dialect.name}.sql").read_text(encoding="utf-8")
-    statements = procedures.mariadb_statements(script) if db.dialect.name == "mariadb" else [script]
     with db.begin() as conn:
-        for statement in statements:
+        for statement in db.dialect.script_statements(script):
             conn.execution_options(no_parameters=True).exec_driver_sql(statement)
 
 

@@ -26,6 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from erpsync import procedures
 from erpsync.cli import cli
 from erpsync.db import Database, open_database
+from erpsync.dialects.mariadb import split_script
 from erpsync.duplicate import duplicate, lookup
 from erpsync.fill import fill
 from erpsync.numbering import generate
@@ -233,7 +234,7 @@ def test_the_sql_files_are_readable_set_based_and_shipped() -> None:
         # PostgreSQL's one loop drops earlier versions of the routines; no loop touches data.
         assert code.count("END LOOP") == (1 if engine == "postgresql" else 0)
         assert "sp_dupliquerprojet" in procedures.sql_text(url, "uninstall").lower()
-    statements = procedures.mariadb_statements(procedures.sql_text("mysql://u@h/db"))
+    statements = split_script(procedures.sql_text("mysql://u@h/db"))
     creates = [s for s in statements if s.startswith("CREATE OR REPLACE")]
     assert len(creates) == len(ROUTINES) + 12  # the spec's eight and erpsync's helpers
     assert all(not s.endswith(("$$", ";")) for s in statements)

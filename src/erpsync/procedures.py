@@ -14,12 +14,10 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
 
-from sqlalchemy import Connection, text
-
 from erpsync.db import Database, Target, open_database, parse_url
 from erpsync.dialects import Dialect, dialect_for
 from erpsync.duplicate.runs import ensure_run_tables
-from erpsync.errors import ErpSyncError, UnsupportedEngine
+from erpsync.errors import ErpSyncError
 from erpsync.schema import require_schema
 
 Action = Literal["install", "uninstall"]
@@ -35,8 +33,6 @@ ROUTINES = (
     "SP_LogOperation",
     "SP_GetEqMapping",
 )
-
-MARIADB_MINIMUM = (10, 5)
 
 
 class NoStoredProcedures(ErpSyncError):
@@ -72,11 +68,11 @@ def install(target: Database | Target) -> ProceduresResult:
     """
     with _opened(target) as db:
         require_schema(db)
-        if db.dialect.name == "mariadb":
-            _check_mariadb(db)
-        ensure_run_tables(
-            db
-        )  # erpsync's own definition wins; the script's CREATE … IF NOT EXISTS is for DBAs
+        with db.connect() as conn:
+            db.dialect.check_procedures_supported(conn)
+        # erpsync's own definition of its run tables wins; the script's CREATE … IF NOT EXISTS
+        # is there for a DBA who runs it by hand.
+        ensure_run_tables(db)
         _run(db, sql_text(db, "install"))
         return ProceduresResult(db.name, installed_routines(db))
 
@@ -93,56 +89,18 @@ def uninstall(target: Database | Target) -> ProceduresResult:
 
 def installed_routines(db: Database) -> tuple[str, ...]:
     """The routines of ``ROUTINES`` present in the database, in the specification's spelling."""
-    if db.dialect.name == "mariadb":
-        query = text(
-            "SELECT ROUTINE_NAME FROM information_schema.ROUTINES "
-            "WHERE ROUTINE_SCHEMA = DATABASE() AND ROUTINE_TYPE = 'PROCEDURE'"
-        )
-    else:
-        query = text(
-            "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-            "WHERE n.nspname = current_schema() AND p.prokind = 'p'"
-        )
     with db.connect() as conn:
-        present = {str(name).lower() for name in conn.execute(query).scalars()}
+        present = db.dialect.stored_procedures(conn)
     return tuple(name for name in ROUTINES if name.lower() in present)
-
-
-def mariadb_statements(script: str) -> list[str]:
-    """The statements of a MariaDB script, as the ``mysql`` client splits them.
-
-    Honours ``DELIMITER`` lines (a routine body ends at ``$$``, not at its first
-    ``;``) and skips comment lines between statements.
-    """
-    delimiter = ";"
-    statements: list[str] = []
-    current: list[str] = []
-    for line in script.splitlines():
-        stripped = line.strip()
-        if not current and (not stripped or stripped.startswith("--")):
-            continue
-        if not current and stripped.upper().startswith("DELIMITER "):
-            delimiter = stripped.split()[1]
-            continue
-        if stripped.endswith(delimiter):
-            current.append(line.rstrip()[: -len(delimiter)])
-            statements.append("\n".join(current).strip())
-            current = []
-        else:
-            current.append(line)
-    if "".join(current).strip():
-        statements.append("\n".join(current).strip())
-    return statements
 
 
 @contextmanager
 def _opened(target: Database | Target) -> Iterator[Database]:
     """``target`` itself if open, else opened (after checking its engine) and closed after."""
+    _dialect(target)
     if isinstance(target, Database):
-        _dialect(target)
         yield target
         return
-    _dialect(target)
     with open_database(target) as db:
         yield db
 
@@ -154,44 +112,19 @@ def _dialect(target: Database | Dialect | Target) -> Dialect:
         dialect = target
     else:
         dialect = dialect_for(parse_url(target))
-    if dialect.name == "sqlite":
+    if not dialect.has_stored_procedures:
         raise NoStoredProcedures(
             "SQLite has no stored procedures, so SP_DupliquerProjet and the others cannot be installed",
             "duplicate from erpsync instead, e.g. erpsync duplicate DB projet 7 (same copy, same journal)",
         )
-    if dialect.name not in ("mariadb", "postgresql"):
-        raise UnsupportedEngine(
-            "erpsync does not support {scheme} databases",
-            "use SQLite, MariaDB (mysql+pymysql://…) or PostgreSQL (postgresql+psycopg://…)",
-            scheme=dialect.name,
-        )
     return dialect
 
 
-def _check_mariadb(db: Database) -> None:
-    """Refuse MySQL and old MariaDB before any statement runs (they would fail half-way)."""
-    with db.connect() as conn:
-        version = str(conn.execute(text("SELECT VERSION()")).scalar_one())
-    numbers = tuple(int(part) for part in version.split("-")[0].split(".")[:2] if part.isdigit())
-    if "mariadb" not in version.lower() or numbers < MARIADB_MINIMUM:
-        raise UnsupportedEngine(
-            "the procedures need MariaDB {minimum} or later; this server is {version}",
-            "use erpsync duplicate, which works on any MariaDB or MySQL server",
-            minimum=".".join(map(str, MARIADB_MINIMUM)),
-            version=version,
-        )
-
-
 def _run(db: Database, script: str) -> None:
-    """Run a whole script: statement by statement on MariaDB, in one transaction on PostgreSQL."""
+    """Run a whole script in one transaction (on MariaDB each CREATE commits by itself anyway).
+
+    No parameters are passed, so the driver leaves the ``%`` of the SQL alone.
+    """
     with db.begin() as conn:
-        if db.dialect.name == "mariadb":
-            for statement in mariadb_statements(script):
-                _execute(conn, statement)
-        else:
-            _execute(conn, script)
-
-
-def _execute(conn: Connection, sql: str) -> None:
-    """Run ``sql`` as written: no parameters, so the driver leaves ``%`` in it alone."""
-    conn.execution_options(no_parameters=True).exec_driver_sql(sql)
+        for statement in db.dialect.script_statements(script):
+            conn.execution_options(no_parameters=True).exec_driver_sql(statement)

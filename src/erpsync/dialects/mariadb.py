@@ -19,6 +19,7 @@ from erpsync.errors import (
     ConnectionFailed,
     DatabaseNotFound,
     ErpSyncError,
+    UnsupportedEngine,
 )
 
 # PyMySQL error numbers (MariaDB's and the client's).
@@ -170,3 +171,55 @@ class MariaDB(Dialect):
             tuple(tables),
         )
         return [tuple(row) for row in rows]
+
+    def script_statements(self, script: str) -> list[str]:
+        return split_script(script)
+
+    def stored_procedures(self, conn: Connection) -> set[str]:
+        rows = conn.exec_driver_sql(
+            "SELECT ROUTINE_NAME FROM information_schema.ROUTINES "
+            "WHERE ROUTINE_SCHEMA = DATABASE() AND ROUTINE_TYPE = 'PROCEDURE'"
+        )
+        return {str(name).lower() for name in rows.scalars()}
+
+    def check_procedures_supported(self, conn: Connection) -> None:
+        """The procedures use MariaDB's CREATE OR REPLACE and @@in_transaction: MariaDB 10.5+."""
+        version = str(conn.exec_driver_sql("SELECT VERSION()").scalar_one())
+        numbers = tuple(int(part) for part in version.split("-")[0].split(".")[:2] if part.isdigit())
+        if "mariadb" not in version.lower() or numbers < PROCEDURES_MINIMUM:
+            raise UnsupportedEngine(
+                "the procedures need MariaDB {minimum} or later; this server is {version}",
+                "use erpsync duplicate, which works on any MariaDB or MySQL server",
+                minimum=".".join(map(str, PROCEDURES_MINIMUM)),
+                version=version,
+            )
+
+
+PROCEDURES_MINIMUM = (10, 5)
+
+
+def split_script(script: str) -> list[str]:
+    """The statements of a script, split as the ``mysql`` client does.
+
+    Honours ``DELIMITER`` lines (a routine body ends at ``$$``, not at its first
+    ``;``) and skips comment lines between statements.
+    """
+    delimiter = ";"
+    statements: list[str] = []
+    current: list[str] = []
+    for line in script.splitlines():
+        stripped = line.strip()
+        if not current and (not stripped or stripped.startswith("--")):
+            continue
+        if not current and stripped.upper().startswith("DELIMITER "):
+            delimiter = stripped.split()[1]
+            continue
+        if stripped.endswith(delimiter):
+            current.append(line.rstrip()[: -len(delimiter)])
+            statements.append("\n".join(current).strip())
+            current = []
+        else:
+            current.append(line)
+    if "".join(current).strip():
+        statements.append("\n".join(current).strip())
+    return statements
