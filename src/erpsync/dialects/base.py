@@ -212,6 +212,24 @@ class Dialect:
                 found.append(tuple(str(c) for c in names))
         return list(dict.fromkeys(k for k in found if k))
 
+    # -- stored procedures (erpsync.procedures) ---------------------------------------------
+
+    @property
+    def has_stored_procedures(self) -> bool:
+        """Whether the engine has stored procedures: the servers do, SQLite does not."""
+        return self.is_server
+
+    def script_statements(self, script: str) -> list[str]:
+        """One of erpsync's SQL scripts as the statements to send, in order (default: in one go)."""
+        return [script]
+
+    def stored_procedures(self, conn: Connection) -> set[str]:
+        """The names, in lower case, of the stored procedures of the connection's database."""
+        return set()
+
+    def check_procedures_supported(self, conn: Connection) -> None:
+        """Refuse, before anything is written, a server that cannot run erpsync's procedures."""
+
 
 @contextmanager
 def driver_errors(conn: Connection, sql: str) -> Iterator[None]:

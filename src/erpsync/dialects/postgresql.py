@@ -236,6 +236,13 @@ class PostgreSQL(Dialect):
         )
         return [tuple(row) for row in rows]
 
+    def stored_procedures(self, conn: Connection) -> set[str]:
+        rows = conn.exec_driver_sql(
+            "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = current_schema() AND p.prokind = 'p'"
+        )
+        return {str(name).lower() for name in rows.scalars()}
+
 
 def _server_reason(text: str) -> str:
     """The line of a psycopg message that says why (its connection errors span lines)."""
