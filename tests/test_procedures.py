@@ -27,7 +27,8 @@ from erpsync import procedures
 from erpsync.cli import cli
 from erpsync.db import Database, open_database
 from erpsync.dialects.mariadb import split_script
-from erpsync.duplicate import duplicate, lookup
+from erpsync.duplicate import duplicate, list_runs, lookup, undo
+from erpsync.errors import InvalidArgument
 from erpsync.fill import fill
 from erpsync.numbering import generate
 from erpsync.procedures import ROUTINES, NoStoredProcedures
@@ -517,6 +518,9 @@ def test_get_eq_mapping_sees_procedure_and_python_runs(erp: Database, client_con
     assert call(client_conn, "SP_GetEqMapping", "EqClient", 999999).outs == (None, 0)
     first_run = int(scalar(erp, "SELECT MAX(run_id) FROM erpsync_dup_run"))  # type: ignore[arg-type]
     assert lookup(erp, first_run, "EqClient", client) == in_session  # Python reads the procedures' map
+    assert any(run.run_id == first_run and run.level == "projet" for run in list_runs(erp))
+    with pytest.raises(InvalidArgument, match="stored procedure"):  # no fingerprints to undo it safely
+        undo(erp, first_run)
 
     # A later duplication in Python: other sessions see it; this session still sees its own run.
     result = duplicate(erp, "projet", source, user="py")
