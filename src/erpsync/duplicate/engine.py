@@ -118,10 +118,12 @@ def duplicate(
     def work(conn: Connection) -> _Copier:
         copier = _Copier(conn, db.dialect, plan, source_id, fmts, today.year)
         copier.start_run(level, deep, user)
-        for index, step in enumerate(plan.steps):
+        for index, step in enumerate(plan.steps):  # a bar per level, complete once it is copied
             if progress:
-                progress(canonical(step.name), index, len(plan.steps))
+                progress(canonical(step.name), 0, 1)
             copier.copy(step, root_parent if index == 0 else None)
+            if progress:
+                progress(canonical(step.name), 1, 1)
         copier.finish()
         journal.log(
             conn,
@@ -141,8 +143,6 @@ def duplicate(
         with contextlib.suppress(Exception):  # the copy's own error is the one to report
             journal.log_failure(db, operation, canonical(plan.root.name), source_id, str(exc), user)
         raise
-    if progress:
-        progress("", len(plan.steps), len(plan.steps))
     result.run_id, result.new_id, result.numbers = copier.run_id, copier.new_id, copier.numbers
     result.rows = {canonical(s.name): copier.rows[s.name] for s in plan.steps}
     result.seconds = time.perf_counter() - started
@@ -371,7 +371,6 @@ class _Copier:
         assert step.number is not None
         column, kind = step.number
         fmt = self.formats[kind]
-        spec_column = spec_column_name(step.name, column.name)
         first = (
             numbering.reserve(self.conn, self.schema, kind, series_year(fmt, self.year), count)
             if count
@@ -379,8 +378,8 @@ class _Copier:
         )
         prefix, width, suffix = fmt.sql_parts(self.year)
         if count:
-            self.numbers[canonical(step.name)] = Numbers(
-                spec_column, fmt.render(first, self.year), fmt.render(first + count - 1, self.year), count
+            self.numbers[canonical(step.name)] = _numbers(
+                step.name, column.name, fmt, first, count, self.year
             )
         padded = self.dialect.zero_pad(rank + (first - 1), width)
         return literal(prefix, String) + padded + literal(suffix, String)
@@ -406,10 +405,12 @@ class _Copier:
         self.conn.execute(update(RUNS.run).where(RUNS.run.c.run_id == self.run_id).values(new_id=self.new_id))
 
 
-def spec_column_name(table: str, column: str) -> str:
-    """A numbered column as the spec writes it (``Code``, not PostgreSQL's ``code``)."""
+def _numbers(table: str, column: str, fmt: NumberFormat, first: int, count: int, year: int) -> Numbers:
+    """The numbers ``first`` … ``first + count - 1``, the column named as the spec writes it
+    (``Code``, not PostgreSQL's ``code``)."""
     rule = NUMBERED.get(canonical(table))
-    return rule[0] if rule and rule[0].lower() == column.lower() else column
+    name = rule[0] if rule and rule[0].lower() == column.lower() else column
+    return Numbers(name, fmt.render(first, year), fmt.render(first + count - 1, year), count)
 
 
 def _dry_run(
@@ -438,9 +439,4 @@ def _dry_run(
             column, kind = step.number
             fmt = formats[kind]
             first = numbering.peek(conn, schema, kind, series_year(fmt, year))
-            result.numbers[canonical(table.name)] = Numbers(
-                spec_column_name(table.name, column.name),
-                fmt.render(first, year),
-                fmt.render(first + count - 1, year),
-                count,
-            )
+            result.numbers[canonical(table.name)] = _numbers(table.name, column.name, fmt, first, count, year)

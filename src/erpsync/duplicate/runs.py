@@ -103,12 +103,14 @@ RUNS = run_tables()
 def ensure_run_tables(db: Database) -> None:
     """Create erpsync's duplication tables if missing (before the copy's transaction:
     DDL would commit it on MariaDB)."""
-    try:
-        with db.begin() as conn:
-            RUNS.metadata.create_all(conn, checkfirst=True)
-    except DatabaseError:
-        with db.connect() as conn:  # another process may have created them at the same moment
-            if not _have_run_tables(conn):
+    for attempt in range(1, 4):
+        try:
+            with db.begin() as conn:
+                RUNS.metadata.create_all(conn, checkfirst=True)
+            return
+        except DatabaseError:
+            # Another process created some of them at the same moment: check again, create the rest.
+            if attempt == 3:
                 raise
 
 
