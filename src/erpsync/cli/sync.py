@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import click
 from rich.table import Table
 
-from erpsync.cli.output import DB_ARGUMENT, console, progress_bar
+from erpsync.cli.output import DB_ARGUMENT, console, progress_bar, resolve_database
 from erpsync.db import open_database
 from erpsync.i18n import tr
 from erpsync.sync import conflicts as conflict_store
@@ -17,7 +17,7 @@ from erpsync.sync.policies import POLICIES, PolicyOverride
 from erpsync.sync.session import SyncSummary, sync
 from erpsync.sync.verify import VerifyReport, verify
 
-PEER_ARGUMENT = click.argument("peer", metavar="PEER")
+PEER_ARGUMENT = click.argument("peer", metavar="PEER", callback=resolve_database)
 POLICY_OPTION = click.option(
     "--policy",
     "policies",
@@ -49,6 +49,7 @@ def node_group() -> None:
     "--adopt-from",
     "adopt_from",
     metavar="PEER",
+    callback=lambda ctx, param, value: None if value is None else resolve_database(ctx, param, value),
     help="This database is a copy of node PEER: pair identical rows instead of duplicating them.",
 )
 @click.option(
