@@ -180,3 +180,23 @@ def test_manual_business_number_collision_is_queued_and_can_be_swapped(two: list
     sync(a, b, policies=policy("manual"))
     sync(a, b, policies=policy("manual"))
     same(a, b)
+
+
+def test_codes_differing_only_by_case_do_not_stop_a_sync_into_mariadb(tmp_path: Path) -> None:
+    with nodes(tmp_path, "sqlite", "mariadb", scale=1, seed=13) as (a, b):
+        sync(a, b)
+        # SQLite's unique index tells 'CLI-abc' from 'CLI-ABC'; MariaDB's collation does not
+        execute(
+            a, "INSERT INTO tb_Client (fkVersion, Code, RaisonSociale) VALUES (1, 'CLI-abc', 'Minuscules')"
+        )
+        execute(
+            a, "INSERT INTO tb_Client (fkVersion, Code, RaisonSociale) VALUES (1, 'CLI-ABC', 'Majuscules')"
+        )
+        summary = sync(a, b)
+        assert summary.tables["tb_client"].renumbered == 1
+        sync(a, b)
+        same(a, b)
+        assert (
+            value(b, "SELECT count(*) FROM tb_Client WHERE RaisonSociale IN ('Minuscules', 'Majuscules')")
+            == 2
+        )

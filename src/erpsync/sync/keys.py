@@ -94,8 +94,34 @@ def settle(rows: TableRows, incoming: Sequence[Incoming], manual: bool) -> Colli
         for candidate in incoming:
             if candidate.writes.intersection(slots):
                 value = tuple(candidate.values[i] for i in slots)
-                if None not in value:
-                    wanted[_norm(value)] = candidate
+                if None in value:
+                    continue
+                other = wanted.get(_norm(value))
+                if other is not None:  # twice in one batch (values equal for a case-insensitive index)
+                    later = max((other, candidate), key=lambda c: _stamp(c, slots))
+                    slot = slots[-1]
+                    old = later.values[slot]
+                    later.values[slot] = _fresh(rows, slot, old, taken_in_batch, incoming)
+                    later.stamps[slot] = None
+                    later.writes.add(slot)
+                    out.renumbered.append(
+                        Renumbering(
+                            table.name,
+                            later.gid,
+                            later.key,
+                            table.columns[slot].name,
+                            old,
+                            later.values[slot],
+                            True,
+                            (other if later is candidate else candidate).gid,
+                            manual,
+                        )
+                    )
+                    taken_in_batch.add((slot, later.values[slot]))
+                    if later is other:
+                        wanted[_norm(value)] = candidate
+                    continue
+                wanted[_norm(value)] = candidate
         if not wanted:
             continue
         holders = _holders(rows, slots, list(wanted.values()))
@@ -146,8 +172,14 @@ def settle(rows: TableRows, incoming: Sequence[Incoming], manual: bool) -> Colli
 
 
 def _norm(value: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Values as the unique index compares them (case-insensitive collations aside)."""
-    return tuple(v.strip() if isinstance(v, str) else v for v in value)
+    """Values as a unique index may compare them: trailing spaces and case ignored (MariaDB's
+    collations). On a case-sensitive engine this may renumber two values differing only by case."""
+    return tuple(v.strip().lower() if isinstance(v, str) else v for v in value)
+
+
+def _stamp(row: Incoming, slots: list[int]) -> Stamp:
+    """When a row took its value of the unique key (a new local write counts as the latest)."""
+    return max((s for s in (row.stamps[i] for i in slots) if s is not None), default=Stamp(1 << 62, ""))
 
 
 def _holders(
