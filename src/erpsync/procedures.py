@@ -53,8 +53,13 @@ def sql_text(target: Database | Dialect | Target, action: Action = "install") ->
     ``target`` may be an open database, a dialect, or a URL (no connection is made).
     """
     dialect = _dialect(target)
-    name = f"{dialect.name}_{'procedures' if action == 'install' else 'uninstall'}.sql"
-    return resources.files("erpsync").joinpath("sql", name).read_text(encoding="utf-8")
+    folder = resources.files("erpsync").joinpath("sql")
+    uninstall = folder.joinpath(f"{dialect.name}_uninstall.sql").read_text(encoding="utf-8")
+    if action == "uninstall":
+        return uninstall
+    # A script may include the uninstall one with psql's \ir, for a DBA; erpsync inlines it.
+    script = folder.joinpath(f"{dialect.name}_procedures.sql").read_text(encoding="utf-8")
+    return script.replace(f"\\ir {dialect.name}_uninstall.sql", uninstall)
 
 
 def install(target: Database | Target) -> ProceduresResult:
