@@ -46,7 +46,7 @@ def test_error_is_one_line_with_a_hint_and_exit_1(tmp_path: Path) -> None:
     assert err.startswith(f"Erreur : le fichier de base SQLite {db} n'existe pas\nEssayez : ")
 
 
-def test_language_comes_from_lang_variable(tmp_path: Path, monkeypatch: object) -> None:
+def test_language_comes_from_lang_variable(tmp_path: Path) -> None:
     db = str(tmp_path / "absent.sqlite")
     result = CliRunner(env={"LANG": "fr_FR.UTF-8", "LC_ALL": ""}).invoke(cli, ["db", "summary", db])
     assert result.stderr.startswith("Erreur : ")
