@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 from erpsync.db import Database, open_database
 from erpsync.dialects import Dialect, dialect_for
+from erpsync.i18n import set_language
 from erpsync.schema import init_schema
 
 ENGINES = ("sqlite", "mariadb", "postgresql")
@@ -28,6 +29,13 @@ SERVERS = {
     "postgresql": os.environ.get("ERPSYNC_TEST_POSTGRESQL", "postgresql+psycopg://postgres@127.0.0.1:5432"),
 }
 _reachable: dict[str, str | None] = {}
+
+
+@pytest.fixture(autouse=True)
+def _language_reset() -> Iterator[None]:
+    """A test's ``--lang`` does not leak into the next test run by the same worker."""
+    yield
+    set_language(None)
 
 
 def server_url(engine: str) -> URL:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import click
 from rich.table import Table
 
-from erpsync.cli.output import DB_ARGUMENT, console, progress_bar, resolve_database
+from erpsync.cli.output import DB_ARGUMENT, console, progress_bar, resolve_database, resolve_peer
 from erpsync.db import open_database
 from erpsync.i18n import tr
 from erpsync.sync import conflicts as conflict_store
@@ -16,8 +16,10 @@ from erpsync.sync.node import init_node, node_status, set_policy, uninstall_node
 from erpsync.sync.policies import POLICIES, PolicyOverride
 from erpsync.sync.session import SyncSummary, sync
 from erpsync.sync.verify import VerifyReport, verify
+from erpsync.transport import PeerAddress
 
-PEER_ARGUMENT = click.argument("peer", metavar="PEER", callback=resolve_database)
+PEER_ARGUMENT = click.argument("peer", metavar="PEER", callback=resolve_peer)
+DB_PEER_ARGUMENT = click.argument("peer", metavar="PEER", callback=resolve_database)
 POLICY_OPTION = click.option(
     "--policy",
     "policies",
@@ -142,7 +144,7 @@ def node_policy(db: str, target: str, policy: str) -> None:
 # -- sync, pull, push ---------------------------------------------------------------------------------
 
 
-def _run(db: str, peer: str, policies: tuple[str, ...], pull: bool, push: bool) -> None:
+def _run(db: str, peer: PeerAddress, policies: tuple[str, ...], pull: bool, push: bool) -> None:
     overrides = [PolicyOverride.parse(p) for p in policies]
     with open_database(db) as database:
         with progress_bar() as progress:
@@ -187,7 +189,7 @@ def print_summary(summary: SyncSummary, db: str) -> None:
 @DB_ARGUMENT
 @PEER_ARGUMENT
 @POLICY_OPTION
-def sync_command(db: str, peer: str, policies: tuple[str, ...]) -> None:
+def sync_command(db: str, peer: PeerAddress, policies: tuple[str, ...]) -> None:
     """Exchange changes with PEER both ways: pull, then push."""
     _run(db, peer, policies, pull=True, push=True)
 
@@ -196,7 +198,7 @@ def sync_command(db: str, peer: str, policies: tuple[str, ...]) -> None:
 @DB_ARGUMENT
 @PEER_ARGUMENT
 @POLICY_OPTION
-def pull_command(db: str, peer: str, policies: tuple[str, ...]) -> None:
+def pull_command(db: str, peer: PeerAddress, policies: tuple[str, ...]) -> None:
     """Apply PEER's changes to DB."""
     _run(db, peer, policies, pull=True, push=False)
 
@@ -205,7 +207,7 @@ def pull_command(db: str, peer: str, policies: tuple[str, ...]) -> None:
 @DB_ARGUMENT
 @PEER_ARGUMENT
 @POLICY_OPTION
-def push_command(db: str, peer: str, policies: tuple[str, ...]) -> None:
+def push_command(db: str, peer: PeerAddress, policies: tuple[str, ...]) -> None:
     """Apply DB's changes to PEER."""
     _run(db, peer, policies, pull=False, push=True)
 
@@ -307,7 +309,7 @@ def conflicts_resolve(db: str, conflict_id: int, take: str) -> None:
 
 @click.command("verify")
 @DB_ARGUMENT
-@PEER_ARGUMENT
+@DB_PEER_ARGUMENT
 @click.option("--repair", is_flag=True, help="Fix the rows that differ through the normal apply path.")
 def verify_command(db: str, peer: str, repair: bool) -> None:
     """Compare the synced tables of DB and PEER, across engines, and list the rows that differ."""

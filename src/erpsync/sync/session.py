@@ -31,6 +31,7 @@ from erpsync.sync.changeset import ALIVE, BATCH_ROWS, GONE, Batch
 from erpsync.sync.node import Node
 from erpsync.sync.peer import Hello, LocalPeer, Peer
 from erpsync.sync.policies import PolicyOverride, swap
+from erpsync.transport import PeerAddress, open_peer
 
 ProgressCallback = Callable[[str, int, int], None]
 MAX_DEPTH = 20
@@ -113,7 +114,7 @@ def policies_of(node: Node, overrides: Sequence[PolicyOverride] = ()) -> PolicyM
 
 def sync(
     db: Database,
-    peer: Database | str | Peer,
+    peer: Database | str | PeerAddress | Peer,
     *,
     pull: bool = True,
     push: bool = True,
@@ -123,11 +124,17 @@ def sync(
 ) -> SyncSummary:
     """Exchange changes between node ``db`` and ``peer`` (pull, then push).
 
-    ``peer`` is another database (URL, path or open ``Database``) or any ``Peer``.
+    ``peer`` is an open ``Database``, an address (a database URL or path,
+    ``http(s)://``, ``ssh://``, ``file://``) or any ``Peer``.
     """
     started = time.perf_counter()
     local = LocalPeer(db, owned=False)
-    remote: Peer = LocalPeer(peer) if isinstance(peer, Database | str) else peer
+    if isinstance(peer, Database):
+        remote: Peer = LocalPeer(peer, owned=False)
+    elif isinstance(peer, str | PeerAddress):
+        remote = open_peer(peer)
+    else:
+        remote = peer
     try:
         here, there = local.hello(), remote.hello()
         if here.node_id == there.node_id:

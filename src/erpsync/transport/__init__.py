@@ -1,0 +1,40 @@
+"""Peers by address: a database URL or SQLite path, ``http(s)://``, ``ssh://`` or ``file://``.
+
+Every transport implements ``erpsync.sync.peer.Peer``, so sync, pull, push,
+the service and ``peers test`` work the same whatever the channel;
+``open_peer`` picks the transport from the address's scheme.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from erpsync.sync.peer import LocalPeer, Peer
+
+TOKEN_ENV = "ERPSYNC_TOKEN"
+"""Where a token comes from when a peer is given by URL on the command line."""
+
+
+@dataclass(frozen=True)
+class PeerAddress:
+    """Where a peer is, and the secret it expects."""
+
+    url: str
+    token: str | None = None
+    name: str | None = None
+    """Its name in the configuration, when it comes from there."""
+
+    @property
+    def scheme(self) -> str:
+        """``http``, ``https``, ``ssh``, ``file``, or ``""`` for a database."""
+        scheme = urlsplit(self.url).scheme.split("+")[0].lower() if "://" in self.url else ""
+        return scheme if scheme in ("http", "https", "ssh", "file") else ""
+
+
+def open_peer(address: PeerAddress | str) -> Peer:
+    """The peer at ``address``; a plain string takes its token from ``ERPSYNC_TOKEN``."""
+    if isinstance(address, str):
+        address = PeerAddress(address, os.environ.get(TOKEN_ENV) or None)
+    return LocalPeer(address.url)
