@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from erpsync import numbering
 from erpsync.db import Database
 from erpsync.sync import conflicts
 from erpsync.sync.node import set_policy
@@ -161,6 +162,20 @@ def test_the_same_business_number_created_twice_is_renumbered(
             assert found[1][0] != "CMD-2026-77777" and found[1][0].startswith("CMD-2026-")
         journal = rows(b, "SELECT Operation, Message FROM tb_Logs WHERE Operation = 'SYNC_RENUMBER'")
         assert journal and "CMD-2026-77777" in journal[0][1]
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "mariadb", "postgresql"])
+def test_numbers_received_move_the_local_counters_forward(engine: str, tmp_path: Path) -> None:
+    with nodes(tmp_path, "sqlite", engine, scale=1, seed=14) as (server, pc):
+        sync(pc, server)  # a new PC receives the server's clients and orders
+        for kind, column, table in (
+            ("CLIENT", "Code", "tb_Client"),
+            ("COMMANDE", "NumCommande", "tb_Commande"),
+        ):
+            fmt = numbering.DEFAULT_FORMATS[kind]
+            year, n = fmt.parse(numbering.generate(pc, kind)) or (0, 0)
+            received = [fmt.parse(r[0]) for r in rows(pc, f"SELECT {column} FROM {table}")]
+            assert n == 1 + max(m for y, m in filter(None, received) if y == year)
 
 
 def test_manual_business_number_collision_is_queued_and_can_be_swapped(two: list[Database]) -> None:

@@ -10,11 +10,15 @@ a database.
 
 from __future__ import annotations
 
+import re
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
+from functools import cached_property
+from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, case, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from erpsync.db import Database
@@ -54,6 +58,24 @@ class NumberFormat:
     def render(self, n: int, year: int) -> str:
         """The business number for counter value ``n`` in ``year``."""
         return self.template.format(n=n, annee=year)
+
+    @cached_property
+    def _pattern(self) -> re.Pattern[str]:
+        pattern = ""
+        for literal, name, _, _ in string.Formatter().parse(self.template):
+            pattern += re.escape(literal)
+            if name == "n":
+                pattern += r"(?P<n>\d+)"
+            elif name == "annee":
+                pattern += r"(?P<annee>\d{4})"
+        return re.compile(pattern)
+
+    def parse(self, value: str) -> tuple[int, int] | None:
+        """(series year, n) of a number written in this format, or None when it is not one."""
+        found = self._pattern.fullmatch(value)
+        if found is None:
+            return None
+        return (int(found["annee"]) if self.yearly else 0), int(found["n"])
 
     def sql_parts(self, year: int) -> tuple[str, int, str]:
         """(text before n, zero-padded width of n, text after n) for building numbers in SQL."""
@@ -96,15 +118,39 @@ def reserve(conn: Connection, schema: ErpTables, kind: str, year: int, count: in
     """
     counters = schema["tb_Numerotation"]
     key = (counters.c.TypeNumero == kind) & (counters.c.Annee == year)
-    bump = update(counters).where(key).values(DernierNumero=counters.c.DernierNumero + count)
+    _bump(conn, schema, kind, year, counters.c.DernierNumero + count, count)
+    last = conn.execute(select(counters.c.DernierNumero).where(key)).scalar_one()
+    return int(last) - count + 1
+
+
+def catch_up(conn: Connection, schema: ErpTables, kind: str, values: Iterable[Any]) -> None:
+    """Move the ``kind`` counters past every number among ``values`` (numbers received by sync).
+
+    A PC that received the server's numbers must not draw one of them next:
+    counters only move forward, each to the largest number seen in its year.
+    """
+    fmt = DEFAULT_FORMATS[kind]
+    largest: dict[int, int] = {}
+    for value in values:
+        parsed = fmt.parse(value) if isinstance(value, str) else None
+        if parsed is not None:
+            largest[parsed[0]] = max(largest.get(parsed[0], 0), parsed[1])
+    last = schema["tb_Numerotation"].c.DernierNumero
+    for year, n in largest.items():
+        _bump(conn, schema, kind, year, case((last < n, n), else_=last), n)
+
+
+def _bump(conn: Connection, schema: ErpTables, kind: str, year: int, value: Any, first: int) -> None:
+    """Set the counter of (``kind``, ``year``) to ``value``, or create it at ``first``."""
+    counters = schema["tb_Numerotation"]
+    key = (counters.c.TypeNumero == kind) & (counters.c.Annee == year)
+    bump = update(counters).where(key).values(DernierNumero=value)
     if conn.execute(bump).rowcount == 0:
         try:
             with conn.begin_nested():
-                conn.execute(insert(counters).values(TypeNumero=kind, Annee=year, DernierNumero=count))
+                conn.execute(insert(counters).values(TypeNumero=kind, Annee=year, DernierNumero=first))
         except IntegrityError:  # another transaction created the row first
             conn.execute(bump)
-    last = conn.execute(select(counters.c.DernierNumero).where(key)).scalar_one()
-    return int(last) - count + 1
 
 
 def peek(conn: Connection, schema: ErpTables, kind: str, year: int) -> int:

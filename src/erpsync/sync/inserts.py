@@ -11,7 +11,7 @@ from typing import Any
 
 from erpsync.sync.capture import Key
 from erpsync.sync.changeset import RowChange
-from erpsync.sync.keys import Incoming
+from erpsync.sync.keys import Incoming, catch_up
 from erpsync.sync.model import SyncTable
 from erpsync.sync.node import NodeState
 from erpsync.sync.rows import TableRows
@@ -103,6 +103,7 @@ class Inserts:
         chosen = [i for i in range(len(rows)) if i not in held_back]
         if not chosen:
             return set()
+        catch_up(self.rows, [values_list[i] for i in chosen])
         keys = self._allocate([rows[i] for i in chosen])
         numbers: dict[str, int] = {}
 

@@ -85,6 +85,13 @@ def settle(rows: TableRows, incoming: Sequence[Incoming], manual: bool) -> Colli
     """Find and settle the collisions of ``incoming`` rows with local rows, on every unique key."""
     out = Collisions()
     table = rows.table
+    if table.settings.series and _has_numbering(rows):
+        schema = erp_tables(rows.node.dialect)
+        for column, kind in table.settings.series.items():
+            slot = table.index(column)
+            numbering.catch_up(
+                rows.conn, schema, kind, (r.values[slot] for r in incoming if slot in r.writes)
+            )
     taken_in_batch: set[tuple[int, Any]] = set()
     for unique in table.uniques:
         if any(c not in table._index for c in unique):
@@ -198,6 +205,20 @@ def _holders(
             current = tuple(row[width:])
             found[_norm(tuple(current[i] for i in slots))] = (tuple(row[:width]), current)
     return found
+
+
+def catch_up(rows: TableRows, values: Sequence[Sequence[Any]]) -> None:
+    """Move this node's numbering counters past the business numbers of rows being written.
+
+    A PC that received the server's orders must not draw one of their numbers next.
+    """
+    table = rows.table
+    if not values or not table.settings.series or not _has_numbering(rows):
+        return
+    schema = erp_tables(rows.node.dialect)
+    for column, kind in table.settings.series.items():
+        slot = table.index(column)
+        numbering.catch_up(rows.conn, schema, kind, (v[slot] for v in values))
 
 
 def _fresh(
