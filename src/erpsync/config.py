@@ -22,6 +22,9 @@ from erpsync.errors import ErpSyncError, InvalidArgument, NotFound
 from erpsync.sync.policies import POLICIES
 
 DEFAULT_PATH = Path("erpsync.toml")
+DEFAULT_SERVE_PORT = 8765
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+"""A request to ``erpsync serve`` larger than this (decompressed) gets 413; a 5,000-row batch is a few MB."""
 PEER_SCHEMES = ("http", "https", "ssh", "file", "sqlite", "mysql", "mariadb", "postgresql", "postgres")
 
 
@@ -103,6 +106,22 @@ class BackupConfig(_Model):
     keep_days: int | None = Field(default=None, ge=0)
 
 
+class ServeConfig(_Model):
+    """How ``erpsync serve`` listens; its command-line options override these."""
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=DEFAULT_SERVE_PORT, ge=0, le=65535)
+    cert: str | None = None
+    key: str | None = None
+    max_body: int = Field(default=DEFAULT_MAX_BODY, ge=1024, description="bytes")
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> ServeConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("give cert and key together, or neither")
+        return self
+
+
 class Config(_Model):
     """The whole file."""
 
@@ -110,6 +129,7 @@ class Config(_Model):
     sync: SyncConfig = SyncConfig()
     peers: list[PeerConfig] = Field(default_factory=list)
     backup: BackupConfig = BackupConfig()
+    serve: ServeConfig = ServeConfig()
 
     @model_validator(mode="after")
     def _unique_peers(self) -> Config:
@@ -211,6 +231,13 @@ before_sync = true                # a backup of the local database before every 
 keep_last = 20                    # keep the 20 newest backups
 # keep_days = 30                  # and/or those of the last 30 days
 # folder = "C:/ERP/backups"
+
+# [serve]                         # erpsync serve: this node over HTTP, for the peers listed above
+# host = "0.0.0.0"                # every interface: needs the peers' tokens (127.0.0.1 by default)
+# port = 8765
+# cert = "C:/ERP/tls/cert.pem"    # HTTPS with this certificate and key
+# key = "C:/ERP/tls/key.pem"
+# max_body = 67108864             # bytes; larger requests get 413
 """
 
 

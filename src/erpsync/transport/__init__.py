@@ -37,4 +37,8 @@ def open_peer(address: PeerAddress | str) -> Peer:
     """The peer at ``address``; a plain string takes its token from ``ERPSYNC_TOKEN``."""
     if isinstance(address, str):
         address = PeerAddress(address, os.environ.get(TOKEN_ENV) or None)
+    if address.scheme in ("http", "https"):
+        from erpsync.transport.http import HttpPeer  # httpx is loaded only for network peers
+
+        return HttpPeer(address.url, address.token, name=address.name)
     return LocalPeer(address.url)
