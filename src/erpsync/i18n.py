@@ -372,6 +372,23 @@ FRENCH: dict[str, str] = {
     "  … and {n} more": "  … et {n} de plus",
     "Same rows on both nodes.": "Mêmes lignes sur les deux nœuds.",
     "Repaired {n} rows.": "{n} lignes réparées.",
+    # erpsync demo
+    "The hub {hub} answers on {url}.": "Le serveur central {hub} répond sur {url}.",
+    "{pc} receives the hub's data.": "{pc} reçoit les données du serveur.",
+    "Both PCs come back online and sync with the hub, then {pc} once more.": "Les deux PC reviennent en ligne et se synchronisent avec le serveur, puis {pc} une fois de plus.",
+    "verify: the three nodes hold the same rows.": "verify : les trois nœuds contiennent les mêmes lignes.",
+    "verify: the nodes differ; run erpsync verify to see the rows.": "verify : les nœuds diffèrent ; lancez erpsync verify pour voir les lignes.",
+    "{folder} already holds a demo ({file})": "{folder} contient déjà une démo ({file})",
+    "run erpsync demo --force to start it again, or give another folder": "lancez erpsync demo --force pour la recommencer, ou donnez un autre dossier",
+    "{hub}, the online server, holds the company's data: {rows} rows ({detail}).": "{hub}, le serveur en ligne, contient les données de l'entreprise : {rows} lignes ({detail}).",
+    "{a} and {b} are two office PCs with an empty ERP database.": "{a} et {b} sont deux PC du bureau avec une base ERP vide.",
+    "Offline, each PC creates a client with the same id {id} ({a}: {name_a}, {b}: {name_b}), each gives its new order the same number {number}, and both change the status of order {order} ({a}: {status_a}, then {b}: {status_b}).": "Hors ligne, chaque PC crée un client avec le même id {id} ({a} : {name_a}, {b} : {name_b}), chacun donne à sa nouvelle commande le même numéro {number}, et les deux changent le statut de la commande {order} ({a} : {status_a}, puis {b} : {status_b}).",
+    "Client {name} (created on {pc} as id {id}, code {code}): {where}.": "Client {name} (créé sur {pc} avec l'id {id}, code {code}) : {where}.",
+    "Order of {pc} ({amount} €) keeps number {number}.": "La commande de {pc} ({amount} €) garde le numéro {number}.",
+    "Order of {pc} ({amount} €) is renumbered {number}.": "La commande de {pc} ({amount} €) est renumérotée {number}.",
+    "The journal (tb_Logs) records {n} renumberings (SYNC_RENUMBER).": "Le journal (tb_Logs) enregistre {n} renumérotations (SYNC_RENUMBER).",
+    "Order {order}: status {status} on every node: the later edit wins (lww, column by column).": "Commande {order} : statut {status} sur tous les nœuds : la modification la plus récente l'emporte (lww, colonne par colonne).",
+    "The demo's nodes are in {folder}. To go on:": "Les nœuds de la démo sont dans {folder}. Pour continuer :",
 }
 
 

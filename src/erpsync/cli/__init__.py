@@ -17,6 +17,7 @@ from erpsync import __version__
 from erpsync.cli import db as db_commands
 from erpsync.cli.backup import backup
 from erpsync.cli.config import config
+from erpsync.cli.demo import demo_command
 from erpsync.cli.duplicate import duplicate_group
 from erpsync.cli.output import err_console
 from erpsync.cli.procedures import procedures
@@ -96,6 +97,7 @@ cli.add_command(import_command)
 cli.add_command(backup)
 cli.add_command(config)
 cli.add_command(serve_command)
+cli.add_command(demo_command)
 for _command in (node_group, sync_command, pull_command, push_command, conflicts_group, verify_command):
     cli.add_command(_command)
 
