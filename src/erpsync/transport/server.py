@@ -412,7 +412,7 @@ def url_of(sock: socket.socket, host: str, *, tls: bool) -> str:
 
 
 def _config(
-    app: FastAPI, *, cert: str | Path | None, key: str | Path | None, log_level: str
+    app: ASGIApp, *, cert: str | Path | None, key: str | Path | None, log_level: str
 ) -> uvicorn.Config:
     if (cert is None) != (key is None):
         raise InvalidArgument(
@@ -470,6 +470,42 @@ def serve(
 
 
 @contextmanager
+def serving(
+    app: ASGIApp,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = 0,
+    cert: str | Path | None = None,
+    key: str | Path | None = None,
+) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a background thread; yields its base URL, stops at the end."""
+    config = _config(app, cert=cert, key=key, log_level="warning")
+    sock = bind(host, port)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="erpsync-serve", daemon=True
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise CannotListen(
+                    "cannot listen on {host}:{port}: {reason}",
+                    "choose another --port, or stop the program using it",
+                    host=host,
+                    port=port,
+                    reason=tr("the server did not start"),
+                )
+            time.sleep(0.01)
+        yield url_of(sock, host, tls=cert is not None)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
+@contextmanager
 def running(
     db: Database | str,
     *,
@@ -485,30 +521,8 @@ def running(
     check_listen(host, tokens)
     database = db if isinstance(db, Database) else open_database(db)
     try:
-        config = _config(create_app(database, tokens=tokens), cert=None, key=None, log_level="warning")
-        sock = bind(host, port)
-        server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="erpsync-serve", daemon=True
-        )
-        thread.start()
-        try:
-            deadline = time.monotonic() + 30
-            while not server.started:
-                if not thread.is_alive() or time.monotonic() > deadline:
-                    raise CannotListen(
-                        "cannot listen on {host}:{port}: {reason}",
-                        "choose another --port, or stop the program using it",
-                        host=host,
-                        port=port,
-                        reason=tr("the server did not start"),
-                    )
-                time.sleep(0.01)
-            yield url_of(sock, host, tls=False)
-        finally:
-            server.should_exit = True
-            thread.join(timeout=15)
-            sock.close()
+        with serving(create_app(database, tokens=tokens), host=host, port=port) as url:
+            yield url
     finally:
         if database is not db:
             database.close()

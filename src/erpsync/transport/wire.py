@@ -233,7 +233,7 @@ def batch_lines(batches: Iterable[Batch]) -> Iterator[bytes]:
         yield changeset.to_json(batch).encode() + b"\n"
 
 
-_VALUE_TYPES = (str, int, float, bool, Decimal, datetime, date, time, bytes, type(None))
+_VALUE_TYPES = frozenset({str, int, float, bool, Decimal, datetime, date, time, bytes, type(None)})
 _INT64 = 2**63
 
 
@@ -255,58 +255,73 @@ def read_batch(text: str) -> Batch:
 
 
 def _batch_problem(batch: Batch) -> str | None:
+    """What is wrong with a batch read from the network, if anything.
+
+    Checked column-wise over the whole batch (types gathered in sets, ranges
+    by min and max) rather than value by value: a 5,000-row batch costs a few
+    milliseconds, not tens.
+    """
     if not isinstance(batch.batch_id, str) or len(batch.batch_id) > 200:
         return "id must be text of at most 200 characters"
     if not isinstance(batch.source, str) or not 0 < len(batch.source) <= 36:
         return "source must be a node id"
     if not isinstance(batch.table, str) or not batch.table:
         return "table must be a table name"
-    if batch.stream not in (0, 1) or isinstance(batch.stream, bool):
+    if type(batch.stream) is not int or batch.stream not in (0, 1):
         return "stream must be 0 or 1"
-    for name in ("since", "upto"):
-        value = getattr(batch, name)
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < _INT64:
-            return f"{name} must be a change sequence"
+    if not _int64s([batch.since, batch.upto], signed=False):
+        return "since and upto must be change sequences"
     if not all(isinstance(c, str) for c in batch.columns):
         return "columns must be column names"
     if not isinstance(batch.names, dict) or not all(isinstance(v, str) for v in batch.names.values()):
         return "names must map node ids to names"
+    rows = batch.rows
     width = len(batch.columns)
-    for row in batch.rows:
-        if not isinstance(row.gid, str) or not 0 < len(row.gid) <= GID_LENGTH:
-            return "every row needs a global id of at most 32 characters"
-        if row.values is not None and (len(row.values) != width or not all(map(_scalar, row.values))):
-            return f"row {row.gid}: values must be {width} plain values"
-        if row.key is not None and (not row.key or not all(map(_scalar, row.key))):
-            return f"row {row.gid}: key must be plain values"
-        if (row.values is None) != (row.clocks is None) or (row.clocks and len(row.clocks) != width):
-            return f"row {row.gid}: one clock per value"
-        stamps = [*(row.clocks or ()), *([row.deleted] if row.deleted is not None else [])]
-        if not all(_int64(s.hlc) and isinstance(s.node, str) and len(s.node) <= 36 for s in stamps):
-            return f"row {row.gid}: clocks must be [clock, node] pairs"
-        if row.seen is not None and not _int64(row.seen):
-            return f"row {row.gid}: seen must be a clock"
-        if row.versions is not None and not all(
-            isinstance(n, str) and len(n) <= 36 and _int64(h) for n, h in row.versions.items()
-        ):
-            return f"row {row.gid}: versions must map node ids to clocks"
+    gids = [r.gid for r in rows]
+    if set(map(type, gids)) - {str} or any(not 0 < len(g) <= GID_LENGTH for g in gids):
+        return "every row needs a global id of at most 32 characters"
+    present = [r for r in rows if r.values is not None]
+    if any(len(r.values or ()) != width or len(r.clocks or ()) != width for r in present):
+        return f"rows present need {width} values and {width} clocks"
+    if any(r.clocks is not None for r in rows if r.values is None):
+        return "a tombstone has no clocks"
+    keys = [r.key for r in rows if r.key is not None]
+    if any(not k for k in keys):
+        return "a key needs at least one value"
+    values = [v for r in present for v in r.values or ()] + [v for k in keys for v in k]
+    if not _plain(values):
+        return "values must be text, numbers, dates, times, bytes or null"
+    stamps = [s for r in present for s in r.clocks or ()] + [r.deleted for r in rows if r.deleted is not None]
+    clocks = [s.hlc for s in stamps] + [r.seen for r in rows if r.seen is not None]
+    versions = [r.versions for r in rows if r.versions is not None]
+    nodes = {s.node for s in stamps} | {n for v in versions for n in v}
+    clocks += [h for v in versions for h in v.values()]
+    if not _int64s(clocks, signed=False):
+        return "clocks must be whole numbers"
+    if set(map(type, nodes)) - {str} or any(len(n) > 36 for n in nodes):
+        return "clocks must name nodes by id"
     return None
 
 
-def _scalar(value: Any) -> bool:
-    if not isinstance(value, _VALUE_TYPES):
+def _plain(values: list[Any]) -> bool:
+    kinds = set(map(type, values))
+    if kinds - _VALUE_TYPES:
         return False
-    if isinstance(value, int) and not isinstance(value, bool):
-        return -_INT64 <= value < _INT64
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, str):
-        return "\x00" not in value
-    return True
+    if int in kinds and not _int64s([v for v in values if type(v) is int], signed=True):
+        return False
+    if float in kinds and not all(math.isfinite(v) for v in values if type(v) is float):
+        return False
+    return not (str in kinds and "\x00" in "".join(v for v in values if type(v) is str))
 
 
-def _int64(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _INT64
+def _int64s(values: list[Any], *, signed: bool) -> bool:
+    if not values:
+        return True
+    if set(map(type, values)) - {int}:
+        return False
+    low: int = min(values)
+    high: int = max(values)
+    return low >= (-_INT64 if signed else 0) and high < _INT64
 
 
 def _reason(exc: BaseException) -> str:
