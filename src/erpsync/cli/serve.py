@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 import click
@@ -94,15 +95,16 @@ def serve_command(
                 console.print(tr("No token: only this machine can connect."))
             sys.stdout.flush()
 
-        serve(
-            database,
-            host=host or settings.host,
-            port=settings.port if port is None else port,
-            tokens=tokens,
-            cert=cert or settings.cert,
-            key=key or settings.key,
-            max_body=max_body or settings.max_body,
-            log_level=log_level,
-            ready=ready,
-        )
+        with suppress(KeyboardInterrupt):  # Ctrl-C is how a server is stopped: not an error
+            serve(
+                database,
+                host=host or settings.host,
+                port=settings.port if port is None else port,
+                tokens=tokens,
+                cert=cert or settings.cert,
+                key=key or settings.key,
+                max_body=max_body or settings.max_body,
+                log_level=log_level,
+                ready=ready,
+            )
     console.print(tr("Stopped."))
