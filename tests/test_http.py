@@ -28,6 +28,7 @@ from click.testing import CliRunner
 
 from erpsync.cli import cli
 from erpsync.db import Database
+from erpsync.errors import InvalidArgument
 from erpsync.sync import changeset
 from erpsync.sync.node import Node
 from erpsync.sync.peer import LocalPeer
@@ -392,6 +393,8 @@ def test_client_errors_are_one_clear_line(tmp_path: Path) -> None:
             )
             with pytest.raises(wire.ProtocolMismatch, match="speaks sync protocol 2, this erpsync speaks 1"):
                 wire.hello_in(hello, "serveur")
+        with pytest.raises(InvalidArgument, match="is not the address of a served node"):
+            HttpPeer("http://serveur:port")
         # a port that answers something other than erpsync
         with serving(_not_erpsync) as other, pytest.raises(NotAPeer, match="does not answer as erpsync"):
             sync(pc, HttpPeer(other, retries=0))

@@ -251,6 +251,8 @@ FRENCH: dict[str, str] = {
     "check the URL: it must be the address of an erpsync serve of a compatible version": "vérifiez l'URL : ce doit être l'adresse d'un erpsync serve de version compatible",
     "cannot read the certificate {path}: {reason}": "impossible de lire le certificat {path} : {reason}",
     "give the server's certificate as a PEM file: ?ca=/path/to/cert.pem": "donnez le certificat du serveur en fichier PEM : ?ca=/chemin/vers/cert.pem",
+    "{url} is not the address of a served node": "{url} n'est pas l'adresse d'un nœud servi",
+    "write http://host:port or https://host:port, the address erpsync serve prints": "écrivez http://hôte:port ou https://hôte:port, l'adresse qu'affiche erpsync serve",
     "Peer {name} cannot connect: environment variable {var} is not set.": "Le nœud {name} ne peut pas se connecter : la variable d'environnement {var} n'est pas définie.",
     "Serving node {name} ({db}) on {url}.": "Nœud {name} ({db}) servi sur {url}.",
     "Peers allowed: {names}.": "Nœuds autorisés : {names}.",

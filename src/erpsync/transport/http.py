@@ -68,6 +68,12 @@ class HttpPeer:
         backoff: float = 0.5,
     ) -> None:
         parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or not _port_ok(parts.netloc):
+            raise InvalidArgument(
+                "{url} is not the address of a served node",
+                "write http://host:port or https://host:port, the address erpsync serve prints",
+                url=url,
+            )
         self.url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
         self.name = name
         self.retries = retries
@@ -257,6 +263,13 @@ class HttpPeer:
             peer=self.label,
             reason=reason,
         )
+
+
+def _port_ok(netloc: str) -> bool:
+    try:
+        return urlsplit(f"//{netloc}").port is not None or ":" not in netloc.rsplit("]", 1)[-1]
+    except ValueError:  # not a number, or out of range
+        return False
 
 
 def _verify(scheme: str, ca: str | None) -> ssl.SSLContext | bool:
