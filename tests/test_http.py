@@ -8,6 +8,7 @@ the OpenAPI description.
 
 from __future__ import annotations
 
+import ast
 import gzip
 import json
 import os
@@ -505,6 +506,33 @@ def test_serve_takes_the_peers_tokens_from_the_configuration(tmp_path: Path) -> 
             with pytest.raises(TokenRefused):
                 sync(pc, PeerAddress(served.url, "autre"))
             assert sync(pc, PeerAddress(served.url, "s3cret")).nothing_to_do
+
+
+def test_every_transport_message_has_a_french_translation() -> None:
+    """Messages of the transport's own error classes (test_errors covers those of erpsync.errors)."""
+    from erpsync import i18n
+    from erpsync.errors import ErpSyncError
+    from erpsync.transport import http, operations, server
+
+    sources = [wire, http, operations, server]
+    classes = {
+        name
+        for module in sources
+        for name, value in vars(module).items()
+        if isinstance(value, type) and issubclass(value, ErpSyncError)
+    }
+    ids = set()
+    paths = [Path(str(m.__file__)) for m in sources] + [
+        Path(str(http.__file__)).parents[1] / "cli" / "serve.py"
+    ]
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+                if name in classes or name in ("tr", "error_body"):
+                    ids |= {a.value for a in node.args[:2] if isinstance(a, ast.Constant)}
+    assert len(ids) > 30
+    assert sorted(i for i in ids if i not in i18n.FRENCH) == []
 
 
 # -- the OpenAPI description -----------------------------------------------------------------------
