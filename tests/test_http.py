@@ -305,6 +305,9 @@ def test_refused_requests_get_a_4xx_and_apply_nothing(tmp_path: Path) -> None:
                 "batch of nonsense": client.post(
                     "/v1/apply", json={"batch": batch.replace('"tb_projet"', '"tb_inconnue"')}, headers=good
                 ),
+                "reference not a global id": client.post(
+                    "/v1/apply", json={"batch": _with_value(batch, "fkcreateur", 12)}, headers=good
+                ),
                 "unknown policy": client.post(
                     "/v1/apply", json={"batch": batch, "policies": {"": "gagnant"}}, headers=good
                 ),
@@ -333,6 +336,7 @@ def test_refused_requests_get_a_4xx_and_apply_nothing(tmp_path: Path) -> None:
             "wrong field": 422,
             "broken batch": 422,
             "batch of nonsense": 422,
+            "reference not a global id": 422,
             "unknown policy": 422,
             "oversized": 413,
             "gzip bomb": 413,
@@ -351,6 +355,12 @@ def test_refused_requests_get_a_4xx_and_apply_nothing(tmp_path: Path) -> None:
         assert nothing_applied
         assert accepted.status_code == 200 and accepted.json()["inserted"] == 1
         assert counts(hub)["tb_Projet"] == before["tb_Projet"] + 1
+
+
+def _with_value(batch: str, column: str, new: Any) -> str:
+    data = json.loads(batch)
+    data["rows"][0][2][data["columns"].index(column)] = new
+    return json.dumps(data)
 
 
 def test_apply_over_http_is_idempotent_by_batch_id(tmp_path: Path) -> None:

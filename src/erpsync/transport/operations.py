@@ -123,6 +123,7 @@ class Operations:
         """Apply a batch: idempotent by batch id, so a retried request changes nothing more."""
         batch = wire.read_batch(request.batch)
         peer = self._peer()
+        wire.check_fits(batch, peer.node.table(batch.table))
         result = peer.apply(
             batch, dict(request.policies), restore=request.restore, skip=frozenset(request.skip)
         )

@@ -33,8 +33,9 @@ from erpsync.errors import (
 from erpsync.i18n import tr
 from erpsync.sync import changeset
 from erpsync.sync.apply import ApplyResult, ConcurrentWrite
-from erpsync.sync.changeset import Batch, Cursors
+from erpsync.sync.changeset import GONE, Batch, Cursors
 from erpsync.sync.meta import GID_LENGTH
+from erpsync.sync.model import SyncTable
 from erpsync.sync.node import NotANode, SchemaChanged
 from erpsync.sync.peer import PROTOCOL, Hello
 from erpsync.sync.policies import POLICIES
@@ -283,8 +284,10 @@ def _batch_problem(batch: Batch) -> str | None:
     present = [r for r in rows if r.values is not None]
     if any(len(r.values or ()) != width or len(r.clocks or ()) != width for r in present):
         return f"rows present need {width} values and {width} clocks"
-    if any(r.clocks is not None for r in rows if r.values is None):
-        return "a tombstone has no clocks"
+    if any(r.clocks is not None or r.deleted is None for r in rows if r.values is None):
+        return "a tombstone has a delete clock and no column clocks"
+    if batch.stream == GONE and present:
+        return "the tombstone stream holds tombstones only"
     keys = [r.key for r in rows if r.key is not None]
     if any(not k for k in keys):
         return "a key needs at least one value"
@@ -301,6 +304,29 @@ def _batch_problem(batch: Batch) -> str | None:
     if set(map(type, nodes)) - {str} or any(len(n) > 36 for n in nodes):
         return "clocks must name nodes by id"
     return None
+
+
+def check_fits(batch: Batch, table: SyncTable) -> None:
+    """Refuse a batch whose keys or references do not fit ``table`` (checked before it is applied)."""
+    width = len(table.keys)
+    if any(
+        (r.key is None and r.values is not None) or (r.key is not None and len(r.key) != width)
+        for r in batch.rows
+    ):
+        raise _malformed(
+            "the batch is not valid: {reason}", reason=f"rows of {table.key} have keys of {width} values"
+        )
+    refs = {c.key for c in table.columns if c.ref is not None}
+    at = [i for i, name in enumerate(batch.columns) if isinstance(name, str) and name.lower() in refs]
+    for r in batch.rows:
+        if r.values is not None and any(not _gid_or_none(r.values[i]) for i in at):
+            raise _malformed(
+                "the batch is not valid: {reason}", reason=f"row {r.gid}: references must be global ids"
+            )
+
+
+def _gid_or_none(value: Any) -> bool:
+    return value is None or (type(value) is str and 0 < len(value) <= GID_LENGTH)
 
 
 def _plain(values: list[Any]) -> bool:
