@@ -52,7 +52,7 @@ def test_node_init_sync_and_nothing_to_do(tmp_path: Path) -> None:
     code, out, _ = run("node", "status", b)
     assert code == 0 and "Peer PC-ACCUEIL: last sync" in out
     code, out, _ = run("node", "uninstall", b)
-    assert code == 0 and out == f"{b} is no longer a sync node (20 tables removed).\n"
+    assert code == 0 and out == f"{b} is no longer a sync node (22 tables removed).\n"
 
 
 def test_errors_are_one_line_with_a_hint(tmp_path: Path) -> None:

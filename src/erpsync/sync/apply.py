@@ -12,6 +12,11 @@ The batch, the clocks it brings, the peer's cursor and the batch id are
 written in one transaction: applied twice, or after an interrupted sync, a
 batch changes nothing more. The capture triggers are muted meanwhile, so
 applied changes keep their origin and clock instead of becoming local edits.
+
+A batch of a sync (``Batch.sync_id``) also keeps, in the same transaction, a
+receipt of what it changed: the state before of every row it inserts, updates
+or deletes (see ``history``), read where the batch already reads the rows or
+in one extra query per batch, so undo can revert the sync.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 
 from erpsync.errors import ErpSyncError
-from erpsync.sync import conflicts
+from erpsync.sync import conflicts, history
 from erpsync.sync.capture import IN_LIMIT, Key, _chunks, fold, key_in
 from erpsync.sync.changeset import ALIVE, Batch, RowChange
 from erpsync.sync.encoding import encoder
@@ -120,14 +125,18 @@ def apply_batch(
             table = node.table(batch.table, conn)
             rows = TableRows(conn, node, table, state)
             source = rows.number(batch.source)
+            receipt = history.Receipt(state.seq) if batch.sync_id else None
             node.dialect.mute_capture(conn, table.number)
             try:
-                work = _Apply(rows, batch, policies, source, result, restore, skip)
+                work = _Apply(rows, batch, policies, source, result, restore, skip, receipt)
                 touched = work.run()
             finally:
                 node.dialect.unmute_capture(conn)
             journal_renumbering(rows, work.renumbered)
             _check_concurrent(conn, table, touched)
+            if receipt is not None:
+                receipt.complete(conn, table, state.seq, work.local)
+                history.save_receipt(node, conn, batch, table, receipt, state.seq)
             if batch.batch_id:
                 _advance(node, conn, batch, source, result)
             node.save(conn, state)
@@ -190,8 +199,13 @@ class _Apply(Inserts):
         result: ApplyResult,
         restore: bool,
         skip: frozenset[str],
+        receipt: history.Receipt | None = None,
     ) -> None:
         self.rows = rows
+        self.receipt = receipt
+        self.local: dict[str, Mapping[str, Any]] = {}
+        self.before: dict[tuple[str, ...], tuple[Key, tuple[Any, ...]]] = {}
+        """Keys and values of present rows as read before writing, by canonical key (receipts)."""
         self.skip = skip
         self.table = rows.table
         self.batch = batch
@@ -212,6 +226,7 @@ class _Apply(Inserts):
                 column=exc.args[0],
             ) from None
         self.encoders = [encoder(c.type) for c in self.table.columns]
+        self.key_encoders = [encoder(k.type) for k in self.table.keys]
         self.shadow_inserts: list[dict[str, Any]] = []
         self.shadow_updates: list[dict[str, Any]] = []
         self.touched: list[Key] = []
@@ -237,7 +252,7 @@ class _Apply(Inserts):
         for stamp in (latest, deleted):
             if stamp is not None:
                 self.state.see(stamp.hlc)
-        local = self.rows.shadows(r.gid for r in rows)
+        local = self.local = self.rows.shadows(r.gid for r in rows)
         if self.batch.stream == ALIVE:
             self._alive([r for r in rows if r.alive], local)
             gone = [r for r in rows if not r.alive]  # fetched rows can be tombstones
@@ -283,11 +298,16 @@ class _Apply(Inserts):
         if fresh and not any(c.ref == self.table.key for c in self.table.columns):
             done = self._fast_inserts(fresh, refs)
             inserts = [item for item in inserts if item[0].gid not in done]
+            if self.receipt is not None:
+                self.receipt.added(done)
         incoming = self._merge(merges, refs)
         new_rows = [self._incoming(r, refs, restamp) for r, _, restamp in inserts]
         incoming += new_rows
         collisions = settle(self.rows, incoming, policy_for(self.policies, self.table) == MANUAL)
         for key, gid, values, slot in collisions.local_changes:
+            if self.receipt is not None:
+                seq = self.rows.shadows([gid])[gid]["seq"]
+                self._remember([(gid, key)], history.UPDATED, {gid: seq})
             self.rows.update_app([(key, values)])
             self.rows.restamp([gid], [slot])
         self.result.renumbered += len(collisions.renumbered)
@@ -297,6 +317,9 @@ class _Apply(Inserts):
             [i for i in (by_gid.get(r.gid) for r, _ in merges) if i and (i.writes or i.restamped)]
         )
         conflicts.close_superseded(self.rows, [i.gid for i in incoming if i.whole])
+        if self.receipt is not None:
+            for r, mine, _ in inserts:
+                self.receipt.absent(r.gid, int(mine["seq"]) if mine is not None else 0)
         self._write_inserts([(r, mine, by_gid[r.gid]) for r, mine, _ in inserts])
         for item in collisions.renumbered:
             if item.queued:
@@ -409,6 +432,8 @@ class _Apply(Inserts):
             if rel is Relation.CONCURRENT or NO_OVERWRITE in self._column_policies()
         ]
         current = self.rows.app_values(needs_values) if needs_values else {}
+        if self.receipt is not None:
+            self._keep_before(current)
         out = []
         for r, mine, stamps, rel, sides, versions in decided:
             incoming = self._merge_row(r, mine, stamps, rel, sides, refs, current.get(self._key(mine)))
@@ -518,8 +543,40 @@ class _Apply(Inserts):
             )
             if row.writes:
                 self.touched.append(row.key)
+        if self.receipt is not None:
+            self._remember([(row.gid, row.key) for row in rows if row.writes and row.key], history.UPDATED)
         self.rows.update_app(changes)
         self.result.updated += sum(1 for row in rows if row.writes)
+
+    def _remember(self, rows: list[tuple[str, Key]], kind: str, seqs: dict[str, int] | None = None) -> None:
+        """Keep the before-image of present rows about to be updated or deleted (for undo).
+
+        Their values come from what the merge already read, else from one query.
+        """
+        assert self.receipt is not None
+        missing = [key for _, key in rows if self._canonical(key) not in self.before]
+        if missing:
+            self._keep_before(self.rows.app_values(missing))
+        for gid, key in rows:
+            mine = self.local.get(gid)
+            seq = seqs[gid] if seqs and gid in seqs else int(mine["seq"]) if mine is not None else 0
+            found = self.before.get(self._canonical(key))
+            if found is None:  # pragma: no cover - the row was read under its key just above
+                raise ErpSyncError(
+                    "row {key} of {table} vanished during the sync",
+                    "run the sync again",
+                    key=key,
+                    table=self.table.name,
+                )
+            self.receipt.image(gid, kind, seq, *found)
+
+    def _keep_before(self, current: dict[Key, tuple[Any, ...]]) -> None:
+        for key, values in current.items():
+            self.before.setdefault(self._canonical(key), (key, values))
+
+    def _canonical(self, key: Key) -> tuple[str, ...]:
+        """A key as one spelling, whichever way it was read (raw from the driver, or typed)."""
+        return tuple(encode(v) for encode, v in zip(self.key_encoders, key, strict=True))
 
     # -- tombstones ----------------------------------------------------------------------------
 
@@ -572,6 +629,7 @@ class _Apply(Inserts):
         keys = [self._key(mine) for _, mine in to_delete]
         kept = self.rows.referenced(keys)
         removed: list[Key] = []
+        gone_rows: list[tuple[str, Key]] = []
         for (r, mine), key in zip(to_delete, keys, strict=True):
             if key in kept:  # still referenced here: keep it, and bring it back where it was deleted
                 self.rows.restamp([r.gid])
@@ -589,6 +647,9 @@ class _Apply(Inserts):
             assert r.deleted is not None
             self._tombstone_update(mine, r.deleted, seen=r.seen, src=self.source)
             removed.append(key)
+            gone_rows.append((r.gid, key))
+        if self.receipt is not None:
+            self._remember(gone_rows, history.DELETED)
         self.rows.delete_app(removed)
         self.touched += removed
         self.result.deleted += len(removed)

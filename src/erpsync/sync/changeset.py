@@ -88,6 +88,9 @@ class Batch:
     """The receiver's cursor for this table and stream once the batch is applied."""
     names: dict[str, str] = field(default_factory=dict)
     """Node names by node id, for messages."""
+    sync_id: str = ""
+    """The sync it belongs to, set by the session: the receiver keeps what the batch changes
+    under this id in its history, so the sync can be undone there (empty: not recorded)."""
 
 
 def plan(node: Node, since: Cursors, upto: int, for_node: str | None = None) -> list[tuple[str, int, int]]:
@@ -315,6 +318,7 @@ def to_json(batch: Batch) -> str:
             "since": batch.since,
             "upto": batch.upto,
             "names": batch.names,
+            "sync": batch.sync_id,
             "nodes": list(nodes),
             "rows": rows,
         },
@@ -352,4 +356,5 @@ def from_json(text: str) -> Batch:
         since=data["since"],
         upto=data["upto"],
         names=data.get("names", {}),
+        sync_id=data.get("sync", ""),
     )

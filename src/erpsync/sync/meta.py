@@ -9,6 +9,8 @@ tables whose names start with ``erpsync_``:
 - ``erpsync_cursor``: per peer, table and stream, the peer's change sequence applied here;
 - ``erpsync_batch``: ids of batches already applied (replaying one changes nothing);
 - ``erpsync_conflict``: conflicts kept for a person, and automatic resolutions for the record;
+- ``erpsync_sync``: the history of the syncs run here or applied here, and of their undos;
+- ``erpsync_receipt``: per sync and batch, the before-images of the rows it changed (for undo);
 - per synced table *n*: ``erpsync_r<n>`` (one row per row ever seen: global id, local key,
   per-column clocks, tombstone, change sequence) and ``erpsync_l<n>``, the log the
   triggers append keys to.
@@ -23,6 +25,7 @@ from sqlalchemy import (
     Column,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -30,6 +33,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.mysql import LONGBLOB
 from sqlalchemy.types import TypeEngine
 
 from erpsync.dialects import Dialect
@@ -41,10 +45,14 @@ PEERS = "erpsync_peer"
 CURSORS = "erpsync_cursor"
 BATCHES = "erpsync_batch"
 CONFLICTS = "erpsync_conflict"
-FIXED = (NODE, TABLES, PEERS, CURSORS, BATCHES, CONFLICTS)
+HISTORY = "erpsync_sync"
+RECEIPTS = "erpsync_receipt"
+FIXED = (NODE, TABLES, PEERS, CURSORS, BATCHES, CONFLICTS, HISTORY, RECEIPTS)
 
 GID_LENGTH = 32
 _ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite: INTEGER PRIMARY KEY is the rowid
+_BLOB = LargeBinary().with_variant(LONGBLOB(), "mysql", "mariadb")  # MariaDB's BLOB stops at 64 KB
+SYNC_ID_LENGTH = 32
 
 
 def shadow_name(number: int) -> str:
@@ -129,6 +137,39 @@ def fixed_tables(dialect: Dialect) -> dict[str, Table]:
             Column("resolution", String(40)),
             Column("detail", Text, nullable=False),
             Index("ix_erpsync_conflict_open", "status", "tbl", "gid"),
+            **opts,
+        ),
+        Table(
+            HISTORY,
+            md,
+            Column("no", _ID, primary_key=True, autoincrement=True),
+            Column("sync_id", String(SYNC_ID_LENGTH), nullable=False, unique=True),
+            Column("peer", String(36)),
+            Column("peer_name", String(200)),
+            Column("direction", String(10), nullable=False),
+            Column("started", BigInteger, nullable=False),
+            Column("finished", BigInteger),
+            Column("received", BigInteger, nullable=False),
+            Column("sent", BigInteger, nullable=False),
+            Column("changed", BigInteger, nullable=False),
+            Column("conflicts", Integer, nullable=False),
+            Column("result", String(10)),
+            Column("message", Text),
+            Column("backup", String(1000)),
+            Column("undone_by", String(SYNC_ID_LENGTH)),
+            Index("ix_erpsync_sync_started", "started"),
+            **opts,
+        ),
+        Table(
+            RECEIPTS,
+            md,
+            Column("no", _ID, primary_key=True, autoincrement=True),
+            Column("sync_id", String(SYNC_ID_LENGTH), nullable=False),
+            Column("tbl", Integer, nullable=False),
+            Column("lo", BigInteger, nullable=False),
+            Column("hi", BigInteger, nullable=False),
+            Column("data", _BLOB, nullable=False),
+            Index("ix_erpsync_receipt_sync", "sync_id"),
             **opts,
         ),
     ]

@@ -35,7 +35,8 @@ from erpsync.sync.model import (
 )
 from erpsync.sync.policies import LWW
 
-VERSION = 1
+VERSION = 2
+"""Version of erpsync's tables in a node; 2 added the sync history and undo receipts."""
 SELF = 1
 """The number of this node in its own ``erpsync_peer`` table."""
 
@@ -92,9 +93,13 @@ class Node:
         self._md = MetaData()
         self._tables: list[SyncTable] | None = None
         self._peers: dict[str, int] = {}
+        self.version = VERSION
         if conn is None:
             with db.connect() as c:
                 self._load(c)
+            if self.version < VERSION:
+                upgrade(db)
+                self.version = VERSION
         else:
             self._load(conn)
 
@@ -111,6 +116,7 @@ class Node:
         self.name: str = row.name
         self.fingerprint: str = row.fingerprint
         self.digest: str = row.digest
+        self.version = int(row.version)
         tables = self.meta[meta.TABLES]
         self.rows = [
             (r.no, r.name, r.policy, Settings.from_json(r.settings))
@@ -294,7 +300,7 @@ def init_node(
             conn.execute(insert(node_t).values(id=1, node_id=node_id, name=name, **values))
             conn.execute(insert(fixed[meta.PEERS]).values(no=SELF, node_id=node_id, name=name))
         else:
-            conn.execute(update(node_t).values(name=name))
+            conn.execute(update(node_t).values(name=name, version=VERSION))
         report = InitReport(node_id, name, created, skipped=skipped)
         _set_tables(conn, db, fixed, chosen, report)
         node = Node(db, conn)
@@ -306,6 +312,26 @@ def init_node(
                 report.registered[table.name] = register_rows(node, conn, table, state)
         node.save(conn, state)
     return report
+
+
+def upgrade(db: Database) -> None:
+    """Bring a node made by an older erpsync up to date: create the metadata tables it lacks.
+
+    Done when a node is opened, so a PC updated in place keeps syncing (and
+    ``node init`` does the same). Creating a table is harmless if a concurrent
+    opening created it first.
+    """
+    for table in meta.fixed_tables(db.dialect).values():
+        try:
+            with db.begin() as conn:
+                table.create(conn, checkfirst=True)
+        except ErpSyncError:
+            with db.connect() as conn:
+                if not inspect(conn).has_table(table.name):
+                    raise
+    with db.begin() as conn:
+        node_t = meta.fixed_tables(db.dialect)[meta.NODE]
+        conn.execute(update(node_t).where(node_t.c.version < VERSION).values(version=VERSION))
 
 
 def _set_tables(
