@@ -15,6 +15,12 @@ An interrupted sync resumes where the last applied batch left off.
 The node that runs the sync decides the policies: its own configuration, then
 ``--policy`` overrides; ``prefer-local`` means "this node wins" in both
 directions.
+
+Every sync is recorded in the node's history (``history``), failed ones too.
+Before the first local write — only when the pull has rows to apply, so a sync
+with nothing to do stays a few queries — the local database is backed up when
+a ``BackupConfig`` asks for it. Batches carry the sync's id: each side keeps
+receipts of what they changed under it, so ``erpsync sync undo`` can revert it.
 """
 
 from __future__ import annotations
@@ -22,10 +28,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from erpsync.backup import create_backup
+from erpsync.config import BackupConfig
 from erpsync.db import Database
 from erpsync.errors import ErpSyncError
-from erpsync.sync import fingerprint
+from erpsync.sync import fingerprint, history
 from erpsync.sync.apply import ApplyResult, ConcurrentWrite, PolicyMap
 from erpsync.sync.changeset import ALIVE, BATCH_ROWS, GONE, Batch
 from erpsync.sync.node import Node
@@ -78,6 +87,10 @@ class SyncSummary:
     tables: dict[str, TableCounts] = field(default_factory=dict)
     batches: int = 0
     seconds: float = 0.0
+    id: str = ""
+    """The sync's id in the history of both nodes."""
+    backup: Path | None = None
+    """The backup of the local database taken before the sync wrote to it."""
 
     def table(self, name: str) -> TableCounts:
         """The counts of one table (created on first use)."""
@@ -87,6 +100,16 @@ class SyncSummary:
     def conflicts(self) -> int:
         """Conflicts recorded on both sides."""
         return sum(t.conflicts for t in self.tables.values())
+
+    @property
+    def received(self) -> int:
+        """Rows received from the peer."""
+        return sum(t.received for t in self.tables.values())
+
+    @property
+    def sent(self) -> int:
+        """Rows sent to the peer."""
+        return sum(t.sent for t in self.tables.values())
 
     @property
     def nothing_to_do(self) -> bool:
@@ -121,22 +144,100 @@ def sync(
     policies: Sequence[PolicyOverride] = (),
     progress: ProgressCallback | None = None,
     batch_rows: int = BATCH_ROWS,
+    backup: BackupConfig | None = None,
 ) -> SyncSummary:
     """Exchange changes between node ``db`` and ``peer`` (pull, then push).
 
     ``peer`` is an open ``Database``, an address (a database URL or path,
-    ``http(s)://``, ``ssh://``, ``file://``) or any ``Peer``.
+    ``http(s)://``, ``ssh://``, ``file://``) or any ``Peer``. With ``backup``
+    (``before_sync`` true), the local database is backed up, and the backups
+    pruned as it says, after hello and plan and before the first local write;
+    the summary names the backup. A pure push writes on the peer only: no
+    backup here. The sync is recorded in the history, with its error if it fails.
     """
+    address = PeerAddress(peer) if isinstance(peer, str) else peer
+    if isinstance(address, PeerAddress) and address.scheme == "file":  # many nodes' files, no live node
+        from erpsync.transport.folder import exchange
+
+        return exchange(
+            db,
+            address,
+            pull=pull,
+            push=push,
+            policies=policies,
+            progress=progress,
+            batch_rows=batch_rows,
+            backup=backup,
+        )
     started = time.perf_counter()
     local = LocalPeer(db, owned=False)
+    direction = history.SYNC if pull and push else history.PULL if pull else history.PUSH
+    run = history.Run(local.node, direction, _name_of(peer))
+    summary = SyncSummary(local.label, _name_of(peer) or "?", id=run.id)
+    try:
+        _sync(db, local, peer, run, summary, pull, push, policies, progress, batch_rows, backup)
+    except BaseException as exc:
+        summary.seconds = time.perf_counter() - started
+        _finish(run, summary, exc)
+        raise
+    summary.seconds = time.perf_counter() - started
+    _finish(run, summary, None)
+    return summary
+
+
+def _name_of(peer: Database | str | PeerAddress | Peer) -> str | None:
+    """How the history names a peer before it has answered."""
+    if isinstance(peer, Database):
+        return peer.name
+    if isinstance(peer, PeerAddress):
+        return peer.name or peer.url
+    return peer if isinstance(peer, str) else None
+
+
+def _finish(run: history.Run, summary: SyncSummary, error: BaseException | None) -> None:
+    """Record the sync's outcome; a failure to record never hides the sync's own error."""
+    try:
+        run.finish(summary.received, summary.sent, summary.conflicts, error)
+    except Exception:
+        if error is None:
+            raise
+
+
+def _sync(
+    db: Database,
+    local: LocalPeer,
+    peer: Database | str | PeerAddress | Peer,
+    run: history.Run,
+    summary: SyncSummary,
+    pull: bool,
+    push: bool,
+    policies: Sequence[PolicyOverride],
+    progress: ProgressCallback | None,
+    batch_rows: int,
+    backup: BackupConfig | None,
+) -> None:
     if isinstance(peer, Database):
         remote: Peer = LocalPeer(peer, owned=False)
     elif isinstance(peer, str | PeerAddress):
         remote = open_peer(peer)
     else:
         remote = peer
+    summary.peer = remote.label
+    run.peer_name = remote.label
+
+    def before_write() -> None:
+        """Back up the local database, then record the sync as running (see ``sync``)."""
+        if backup is not None and backup.before_sync:
+            folder = Path(backup.folder) if backup.folder else None
+            path, _ = create_backup(
+                db, folder, reason="before sync", keep_last=backup.keep_last, keep_days=backup.keep_days
+            )
+            summary.backup = run.backup = path
+        run.begin()
+
     try:
         here, there = local.hello(), remote.hello()
+        run.peer, run.peer_name = there.node_id, there.name
         if here.node_id == there.node_id:
             raise SameNode(
                 "{db} and {peer} are the same node",
@@ -145,11 +246,21 @@ def sync(
                 peer=remote.label,
             )
         fingerprint.check(local.label, here, remote.label, there)
-        summary = SyncSummary(local.label, remote.label)
         mine = policies_of(local.node, policies)
         report = progress or (lambda label, done, total: None)
         if pull:
-            transfer(remote, there, local, here, mine, summary, report, incoming=True, batch_rows=batch_rows)
+            transfer(
+                remote,
+                there,
+                local,
+                here,
+                mine,
+                summary,
+                report,
+                incoming=True,
+                batch_rows=batch_rows,
+                before_write=before_write,
+            )
         if push:
             if pull:  # what the pull merged here goes back in the same sync
                 here = local.hello()
@@ -166,8 +277,6 @@ def sync(
     finally:
         if remote is not peer:
             remote.close()
-    summary.seconds = time.perf_counter() - started
-    return summary
 
 
 def transfer(
@@ -181,13 +290,19 @@ def transfer(
     *,
     incoming: bool,
     batch_rows: int = BATCH_ROWS,
+    before_write: Callable[[], None] | None = None,
 ) -> None:
-    """Send ``source``'s changes after ``target``'s cursors to ``target``."""
+    """Send ``source``'s changes after ``target``'s cursors to ``target``.
+
+    ``before_write`` runs once, before the first batch, when there are rows to send.
+    """
     since = target.cursors(source_hello.node_id)
     plan = source.plan(since, source_hello.seq, target_hello.node_id)
     total = sum(count for _, _, count in plan)
     label = "Receiving" if incoming else "Sending"
     done = 0
+    if total and before_write is not None:
+        before_write()
     if total:
         progress(label, 0, total)
     empty = [(table, stream) for table, stream, count in plan if count == 0]
@@ -200,6 +315,7 @@ def transfer(
             table, stream, since.get((table, stream), 0), source_hello.seq, target_hello.node_id, batch_rows
         )
         for batch in batches:
+            batch.sync_id = summary.id
             result = apply_with_references(source, target, batch, policies)
             summary.table(table).add(result, len(batch.rows), incoming=incoming)
             summary.batches += 1
@@ -232,6 +348,7 @@ def apply_with_references(
             if present:
                 fetched.rows = present
                 fetched.stream = ALIVE
+                fetched.sync_id = batch.sync_id
                 apply_with_references(source, target, fetched, policies, restore=True, depth=depth + 1)
     raise ErpSyncError(
         "cannot apply changes of {table}: the rows they reference keep changing",
