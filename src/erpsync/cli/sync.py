@@ -1,22 +1,29 @@
-"""``erpsync node``, ``sync``, ``pull``, ``push``, ``conflicts`` and ``verify``."""
+"""``erpsync node``, ``sync`` (and ``sync undo``, ``sync history``), ``pull``, ``push``,
+``conflicts`` and ``verify``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
 
 from erpsync.cli.output import DB_ARGUMENT, console, progress_bar, resolve_database, resolve_peer
+from erpsync.config import DEFAULT_PATH, BackupConfig, load_config
 from erpsync.db import open_database
 from erpsync.i18n import tr
 from erpsync.sync import conflicts as conflict_store
 from erpsync.sync.adopt import adopt
+from erpsync.sync.history import SyncRecord, recent
 from erpsync.sync.node import init_node, node_status, set_policy, uninstall_node
 from erpsync.sync.policies import POLICIES, PolicyOverride
 from erpsync.sync.session import SyncSummary, sync
+from erpsync.sync.undo import undo_last
 from erpsync.sync.verify import VerifyReport, verify
 from erpsync.transport import PeerAddress
+from erpsync.transport.folder import FolderSummary
 
 PEER_ARGUMENT = click.argument("peer", metavar="PEER", callback=resolve_peer)
 DB_PEER_ARGUMENT = click.argument("peer", metavar="PEER", callback=resolve_database)
@@ -26,6 +33,11 @@ POLICY_OPTION = click.option(
     multiple=True,
     metavar="[TABLE[.COLUMN]=]POLICY",
     help=f"Conflict policy for this sync ({', '.join(POLICIES)}); repeat for several tables.",
+)
+NO_BACKUP_OPTION = click.option(
+    "--no-backup",
+    is_flag=True,
+    help="Skip the backup of DB taken before the sync writes to it ([backup] in erpsync.toml).",
 )
 
 
@@ -144,16 +156,36 @@ def node_policy(db: str, target: str, policy: str) -> None:
 # -- sync, pull, push ---------------------------------------------------------------------------------
 
 
-def _run(db: str, peer: PeerAddress, policies: tuple[str, ...], pull: bool, push: bool) -> None:
+def _backup_config(no_backup: bool) -> BackupConfig | None:
+    """The ``[backup]`` settings of the configuration file in use, else the defaults (a backup
+    before every sync that writes, in the default folder)."""
+    if no_backup:
+        return None
+    root = click.get_current_context().find_root()
+    given = (root.obj or {}).get("config")
+    if given:
+        return load_config(Path(given)).backup
+    return load_config(DEFAULT_PATH).backup if DEFAULT_PATH.is_file() else BackupConfig()
+
+
+def _run(
+    db: str, peer: PeerAddress, policies: tuple[str, ...], pull: bool, push: bool, no_backup: bool
+) -> None:
     overrides = [PolicyOverride.parse(p) for p in policies]
+    backup = _backup_config(no_backup)
     with open_database(db) as database:
         with progress_bar() as progress:
-            summary = sync(database, peer, pull=pull, push=push, policies=overrides, progress=progress)
+            summary = sync(
+                database, peer, pull=pull, push=push, policies=overrides, progress=progress, backup=backup
+            )
         print_summary(summary, db)
 
 
 def print_summary(summary: SyncSummary, db: str) -> None:
     """The rows received and sent per table, the conflicts, and what to do next."""
+    if isinstance(summary, FolderSummary):  # files a shared folder leaves for a later sync
+        for note in summary.notes:
+            console.print(note, markup=False)
     if summary.nothing_to_do:
         console.print(
             tr(
@@ -181,26 +213,151 @@ def print_summary(summary: SyncSummary, db: str) -> None:
     console.print(
         tr("Done in {seconds:.1f} s, {batches} batches.", seconds=summary.seconds, batches=summary.batches)
     )
+    if summary.backup is not None:
+        console.print(tr("Backup taken before the sync: {path}", path=str(summary.backup)))
     if summary.conflicts:
         console.print(tr("{n} conflicts to look at: erpsync conflicts list {db}", n=summary.conflicts, db=db))
 
 
-@click.command("sync")
+class _SyncGroup(click.Group):
+    """``erpsync sync DB PEER`` runs a sync; ``erpsync sync undo DB`` and ``sync history DB``
+    are subcommands: a first word that is not one of them is the sync's DB."""
+
+    default = "run"
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        if args and args[0] in self.commands:
+            return super().resolve_command(ctx, args)
+        return self.default, self.commands[self.default], args
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage("erpsync sync", "DB PEER [--policy …] [--no-backup] | undo DB | history DB")
+
+
+@click.group(
+    "sync",
+    cls=_SyncGroup,
+    context_settings={"ignore_unknown_options": True},
+    epilog="Options of the sync: erpsync sync run --help",
+    short_help="Exchange changes with PEER both ways; undo the last sync.",
+)
+def sync_command() -> None:
+    """Exchange changes with PEER both ways (erpsync sync DB PEER), undo the last sync, list the syncs.
+
+    Before a sync writes to DB, DB is backed up (see [backup] in erpsync.toml, or --no-backup).
+    """
+
+
+@sync_command.command("run", short_help="Pull, then push: erpsync sync DB PEER (the default).")
 @DB_ARGUMENT
 @PEER_ARGUMENT
 @POLICY_OPTION
-def sync_command(db: str, peer: PeerAddress, policies: tuple[str, ...]) -> None:
-    """Exchange changes with PEER both ways: pull, then push."""
-    _run(db, peer, policies, pull=True, push=True)
+@NO_BACKUP_OPTION
+def sync_run(db: str, peer: PeerAddress, policies: tuple[str, ...], no_backup: bool) -> None:
+    """Exchange changes with PEER both ways: pull, then push (the default: erpsync sync DB PEER)."""
+    _run(db, peer, policies, pull=True, push=True, no_backup=no_backup)
+
+
+@sync_command.command("undo", short_help="Revert the last sync that changed DB.")
+@DB_ARGUMENT
+@click.option(
+    "--force", is_flag=True, help="Revert rows changed since the sync too (their later changes are lost)."
+)
+def sync_undo(db: str, force: bool) -> None:
+    """Revert the last sync that changed DB, in one transaction; again, the one before it."""
+    with open_database(db) as database:
+        report = undo_last(database, force=force)
+    if report is None:
+        console.print(
+            tr("Nothing to undo on {db}: no sync changed it, or every one was undone.", db=database.name)
+        )
+        return
+    done = report.sync
+    console.print(
+        tr(
+            "Undid sync {id} of {when} with {peer}: {deleted} rows it added deleted, "
+            "{restored} rows it changed restored, {reinserted} rows it deleted put back.",
+            id=done.id[:8],
+            when=f"{done.started:%Y-%m-%d %H:%M:%S}",
+            peer=done.peer_name or done.peer_id or "?",
+            deleted=report.deleted,
+            restored=report.restored,
+            reinserted=report.reinserted,
+        )
+    )
+    if report.overwritten:
+        console.print(tr("Changes made since, overwritten: {rows}", rows=", ".join(report.overwritten)))
+    if report.kept:
+        console.print(tr("Kept, rows added since refer to them: {rows}", rows=", ".join(report.kept)))
+    console.print(tr("The next sync with {peer} carries the undo to it.", peer=done.peer_name or "?"))
+
+
+@sync_command.command("history", short_help="The last syncs of DB and their undos.")
+@DB_ARGUMENT
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Syncs shown.")
+def sync_history(db: str, limit: int) -> None:
+    """The last syncs of DB (run here or by a peer), and their undos, newest first."""
+    with open_database(db) as database:
+        records = recent(database, limit)
+    if not records:
+        console.print(tr("No sync recorded on {db} yet.", db=database.name))
+        return
+    console.print(tr("Syncs of {db}, newest first:", db=database.name))
+    for record in records:
+        console.print(
+            tr(
+                "{id}  {when}  {direction} {peer}: {received} received, {sent} sent, {changed} changed here; "
+                "{result}",
+                id=record.id[:8],
+                when=f"{record.started:%Y-%m-%d %H:%M:%S}",
+                direction=_direction(record.direction),
+                peer=record.peer_name or record.peer_id or "-",
+                received=f"{record.received:,}",
+                sent=f"{record.sent:,}",
+                changed=f"{record.changed:,}",
+                result=_result(record),
+            ),
+            markup=False,
+        )
+        if record.backup is not None:
+            console.print(tr("          backup before it: {path}", path=str(record.backup)), markup=False)
+
+
+def _direction(direction: str) -> str:
+    texts = {
+        "sync": tr("sync with"),
+        "pull": tr("pull from"),
+        "push": tr("push to"),
+        "remote": tr("sync run by"),
+        "undo": tr("undo of a sync with"),
+    }
+    return texts.get(direction, direction)
+
+
+def _result(record: SyncRecord) -> str:
+    if record.direction == "undo":
+        return tr("undid {id}", id=(record.message or "")[:8])
+    if record.result is None:
+        text = tr("unfinished")
+    elif record.result == "error":
+        text = tr("error: {message}", message=record.message or "")
+    elif record.conflicts:
+        text = tr("ok, {n} conflicts", n=record.conflicts)
+    else:
+        text = tr("ok")
+    if record.undone_by:
+        text += " " + tr("(undone)")
+    return text
 
 
 @click.command("pull")
 @DB_ARGUMENT
 @PEER_ARGUMENT
 @POLICY_OPTION
-def pull_command(db: str, peer: PeerAddress, policies: tuple[str, ...]) -> None:
-    """Apply PEER's changes to DB."""
-    _run(db, peer, policies, pull=True, push=False)
+@NO_BACKUP_OPTION
+def pull_command(db: str, peer: PeerAddress, policies: tuple[str, ...], no_backup: bool) -> None:
+    """Apply PEER's changes to DB (backed up first, unless --no-backup)."""
+    _run(db, peer, policies, pull=True, push=False, no_backup=no_backup)
 
 
 @click.command("push")
@@ -208,8 +365,8 @@ def pull_command(db: str, peer: PeerAddress, policies: tuple[str, ...]) -> None:
 @PEER_ARGUMENT
 @POLICY_OPTION
 def push_command(db: str, peer: PeerAddress, policies: tuple[str, ...]) -> None:
-    """Apply DB's changes to PEER."""
-    _run(db, peer, policies, pull=False, push=True)
+    """Apply DB's changes to PEER (which keeps what it changed, for erpsync sync undo there)."""
+    _run(db, peer, policies, pull=False, push=True, no_backup=True)
 
 
 # -- conflicts ----------------------------------------------------------------------------------------
