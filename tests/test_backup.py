@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -135,3 +136,74 @@ def test_damaged_manifests_are_skipped_and_never_delete_anything(erp_db: Databas
     with pytest.raises(BackupFailed, match=r"manifest .* is damaged"):
         verify_backup(folder / "escape.json")
     assert not list(folder.glob("*.partial"))
+
+
+# -- backups before a sync (issue 7) -----------------------------------------------------------------
+
+
+def test_a_sync_that_writes_is_backed_up_first_and_retention_applies(
+    engine_name: str, tmp_path: Path
+) -> None:
+    from erpsync.config import BackupConfig
+    from erpsync.sync.history import recent
+    from erpsync.sync.session import sync
+    from tests.sync_support import add_client, add_project, execute, nodes
+
+    folder = tmp_path / "before-sync"
+    config = BackupConfig(folder=str(folder), keep_last=2)
+    with nodes(tmp_path, "sqlite", engine_name) as (peer, node):
+        add_project(peer, "PRJ-1")
+        summary = sync(node, peer, backup=config)
+        assert summary.backup is not None and summary.backup.parent == folder
+        made = verify_backup(summary.backup)
+        assert made.reason == "before sync" and made.rows["tb_Projet"] == 0  # taken before the first write
+        assert recent(node, 1)[0].backup == summary.backup
+        # nothing to do: no backup, the sync stays a few queries
+        assert sync(node, peer, backup=config).backup is None
+        # a pure push writes on the peer only: no backup here
+        execute(node, "UPDATE tb_Projet SET Libelle = 'Changé ici'")
+        assert sync(node, peer, pull=False, backup=config).backup is None
+        for code in ("CLI-1", "CLI-2"):
+            add_client(peer, 100 + int(code[-1]), code, "Client")
+            assert sync(node, peer, backup=config).backup is not None
+        kept = list_backups(folder)
+        assert len(kept) == 2 and {b.reason for b in kept} == {"before sync"}
+        assert kept[0].rows["tb_Client"] == 1 and kept[1].rows["tb_Client"] == 0
+        add_client(peer, 103, "CLI-3", "Client")
+        assert sync(node, peer, backup=BackupConfig(before_sync=False, folder=str(folder))).backup is None
+        assert sync(node, peer).backup is None  # the library backs up only when asked
+        assert len(list_backups(folder)) == 2
+
+
+def test_the_cli_backs_up_before_sync_as_erpsync_toml_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from erpsync.cli import cli
+    from tests.sync_support import add_client, add_project, nodes
+
+    with nodes(tmp_path, "sqlite", "sqlite") as (peer, node):
+        a, b = str(peer.url.database), str(node.url.database)
+        add_project(peer, "PRJ-1")
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "erpsync.toml").write_text(
+            f'[node]\nname = "pc2"\ndatabase = "{b}"\n\n[backup]\nfolder = "saved"\nkeep_last = 1\n',
+            encoding="utf-8",
+        )
+        for n in (1, 2):
+            add_client(peer, 100 + n, f"CLI-{n}", "Client")
+            result = CliRunner().invoke(cli, ["--lang", "en", "pull", "pc2", a])
+            assert result.exit_code == 0, result.stderr
+            assert f"Backup taken before the sync: saved{os.sep}" in result.stdout
+        assert len(list_backups(tmp_path / "saved")) == 1  # keep_last = 1
+        add_client(peer, 103, "CLI-3", "Client")
+        result = CliRunner().invoke(cli, ["--lang", "en", "sync", "pc2", a, "--no-backup"])
+        assert result.exit_code == 0 and "Backup taken" not in result.stdout
+        (tmp_path / "erpsync.toml").write_text(
+            f'[node]\nname = "pc2"\ndatabase = "{b}"\n\n[backup]\nbefore_sync = false\n', encoding="utf-8"
+        )
+        add_client(peer, 104, "CLI-4", "Client")
+        result = CliRunner().invoke(cli, ["--lang", "en", "sync", b, a])
+        assert result.exit_code == 0 and "Backup taken" not in result.stdout
+        assert len(list_backups(tmp_path / "saved")) == 1
