@@ -228,7 +228,9 @@ def create_app(
         return ops.hello()
 
     @app.get(f"{wire.PREFIX}/cursors", response_model=wire.CursorsOut, responses=errors, tags=["sync"])
-    def cursors(node: Annotated[str, Query(min_length=1, max_length=36)]) -> wire.CursorsOut:
+    def cursors(
+        node: Annotated[str, Query(min_length=1, max_length=36, pattern=wire.NO_NUL)],
+    ) -> wire.CursorsOut:
         """Up to where this node has applied node ``node``'s changes, per table and stream."""
         return ops.cursors(node)
 
@@ -251,11 +253,11 @@ def create_app(
     )
     def changes(
         request: Request,
-        table: Annotated[str, Query(min_length=1, max_length=128)],
+        table: Annotated[str, Query(min_length=1, max_length=128, pattern=wire.NO_NUL)],
         stream: Annotated[int, Query(ge=0, le=1)],
         since: Annotated[int, Query(ge=0, le=2**63 - 1)],
         upto: Annotated[int, Query(ge=0, le=2**63 - 1)],
-        for_node: Annotated[str, Query(min_length=1, max_length=36)],
+        for_node: Annotated[str, Query(min_length=1, max_length=36, pattern=wire.NO_NUL)],
         batch_rows: Annotated[int, Query(ge=1, le=50_000)] = BATCH_ROWS,
     ) -> StreamingResponse:
         """The batches of one table and stream after ``since``, up to ``upto``, streamed."""
