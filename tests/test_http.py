@@ -16,6 +16,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -59,22 +60,23 @@ class Served:
 
 
 def start_server(db: str, *args: str, port: int = 0, env: dict[str, str] | None = None) -> Served:
-    """``erpsync serve DB`` in a process of its own; returns once it listens."""
+    """``erpsync serve DB`` in a process of its own; returns once it listens.
+
+    Its log goes to a file rather than a pipe nobody reads, which could fill and stall it.
+    """
     command = [sys.executable, "-m", "erpsync", "--lang", "en", "serve", db, "--port", str(port), *args]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    found = re.search(r" on (https?://[^ ]+:(\d+))\.$", line.strip())
-    if not found:
-        process.kill()
-        _, err = process.communicate(timeout=10)
-        raise AssertionError(f"erpsync serve did not start: {line!r} {err}")
+    with tempfile.TemporaryFile(mode="w+") as log:  # the process keeps its own handle
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, **(env or {})}
+        )
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        found = re.search(r" on (https?://[^ ]+:(\d+))\.$", line.strip())
+        if not found:
+            process.kill()
+            process.wait(timeout=10)
+            log.seek(0)
+            raise AssertionError(f"erpsync serve did not start: {line!r} {log.read()}")
     return Served(process, found.group(1), int(found.group(2)))
 
 
