@@ -96,7 +96,7 @@ class _Guard:
 
     def __init__(self, app: ASGIApp, tokens: Mapping[str, str] | None, max_body: int) -> None:
         self.app = app
-        self.tokens = [(name, token.encode()) for name, token in (tokens or {}).items()]
+        self.tokens = [token.encode() for token in (tokens or {}).values()]
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -123,11 +123,10 @@ class _Guard:
             given = headers.get("authorization", "")
             scheme, _, token = given.partition(" ")
             presented = token.strip().encode() if scheme.lower() == "bearer" else b""
-            matched = None
-            for name, expected in self.tokens:  # every token compared: no early exit to time
-                if hmac.compare_digest(presented, expected):
-                    matched = name
-            if matched is None:
+            accepted = False
+            for expected in self.tokens:  # every token compared: no early exit to time
+                accepted |= hmac.compare_digest(presented, expected)
+            if not accepted:
                 body = wire.error_body(
                     "missing or wrong token",
                     "check the token of this peer (token or token_env in erpsync.toml, or ERPSYNC_TOKEN)",
