@@ -41,4 +41,12 @@ def open_peer(address: PeerAddress | str) -> Peer:
         from erpsync.transport.http import HttpPeer  # httpx is loaded only for network peers
 
         return HttpPeer(address.url, address.token, name=address.name)
+    if address.scheme == "file":  # many nodes' files, not one node: see erpsync.transport.folder
+        from erpsync.transport.folder import NotALivePeer
+
+        raise NotALivePeer(
+            "{url} is a shared folder, not a node that answers",
+            "sync with it with erpsync sync DB {url} or the service: its files are exchanged",
+            url=address.url,
+        )
     return LocalPeer(address.url)
