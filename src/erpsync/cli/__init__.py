@@ -23,6 +23,7 @@ from erpsync.cli.output import err_console
 from erpsync.cli.procedures import procedures
 from erpsync.cli.serve import serve_command
 from erpsync.cli.service import service_group
+from erpsync.cli.status import peers_group, status_command
 from erpsync.cli.sync import (
     conflicts_group,
     node_group,
@@ -100,6 +101,8 @@ cli.add_command(config)
 cli.add_command(serve_command)
 cli.add_command(demo_command)
 cli.add_command(service_group)
+cli.add_command(status_command)
+cli.add_command(peers_group)
 for _command in (node_group, sync_command, pull_command, push_command, conflicts_group, verify_command):
     cli.add_command(_command)
 
