@@ -139,10 +139,14 @@ class HttpPeer:
                     else:
                         for line in _lines(response.iter_bytes()):
                             batch = _batch(line, self.label)
+                            if not start < batch.upto <= upto:
+                                raise self._not_a_peer(f"batch up to {batch.upto} after {start}")
                             start, failures = batch.upto, 0
                             yield batch
             except httpx.RequestError as exc:
                 problem = self._transport_problem(exc)
+                if isinstance(problem, TlsFailed):
+                    raise problem from None
             if start < upto:  # cut short (or refused with a 5xx): ask again for the rest
                 failures += 1
                 if failures > self.retries:
