@@ -34,7 +34,7 @@ from erpsync.i18n import tr
 from erpsync.sync import changeset
 from erpsync.sync.apply import ApplyResult, ConcurrentWrite
 from erpsync.sync.changeset import GONE, Batch, Cursors
-from erpsync.sync.meta import GID_LENGTH
+from erpsync.sync.meta import GID_LENGTH, SYNC_ID_LENGTH
 from erpsync.sync.model import SyncTable
 from erpsync.sync.node import NotANode, SchemaChanged
 from erpsync.sync.peer import PROTOCOL, Hello
@@ -276,8 +276,12 @@ def _batch_problem(batch: Batch) -> str | None:
         return "since and upto must be change sequences"
     if not all(isinstance(c, str) for c in batch.columns):
         return "columns must be column names"
-    if not isinstance(batch.names, dict) or not all(isinstance(v, str) for v in batch.names.values()):
+    if not isinstance(batch.names, dict) or not all(
+        isinstance(v, str) and len(v) <= 100 and len(k) <= 36 for k, v in batch.names.items()
+    ):
         return "names must map node ids to names"
+    if not isinstance(batch.sync_id, str) or len(batch.sync_id) > SYNC_ID_LENGTH:
+        return f"sync must be a sync id of at most {SYNC_ID_LENGTH} characters"
     rows = batch.rows
     width = len(batch.columns)
     gids = [r.gid for r in rows]
@@ -305,7 +309,8 @@ def _batch_problem(batch: Batch) -> str | None:
         return "clocks must be whole numbers"
     if set(map(type, nodes)) - {str} or any(len(n) > 36 for n in nodes):
         return "clocks must name nodes by id"
-    texts = [batch.batch_id, batch.source, batch.table, *batch.columns, *batch.names, *batch.names.values()]
+    texts = [batch.batch_id, batch.source, batch.table, batch.sync_id, *batch.columns]
+    texts += [*batch.names, *batch.names.values()]
     texts += [*gids, *nodes, *(v for v in values if type(v) is str)]
     joined = "".join(texts)
     try:
