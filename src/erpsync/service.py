@@ -48,7 +48,7 @@ from erpsync.transport.folder import FolderSummary, read_json, write_json
 
 HEARTBEAT = 5.0
 """Seconds between two writes of the heartbeat."""
-ALIVE_WITHIN = 30.0
+ALIVE_WITHIN = 15.0
 """A service whose heartbeat is older than this has stopped (killed, crashed, machine off)."""
 MAX_BACKOFF = 3600.0
 STATE_FORMAT = 1

@@ -39,6 +39,7 @@ gets a catch-up file from each other node at their next exchange.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -195,8 +196,9 @@ def _entry(directory: Path) -> Entry:
     try:
         updated = datetime.fromisoformat(str(data["updated"]))
         updated = updated if updated.tzinfo else updated.replace(tzinfo=UTC)
-    except (KeyError, ValueError):
-        pass
+    except (KeyError, ValueError):  # no node.json yet (its first exchange failed): the folder's date
+        with contextlib.suppress(OSError):
+            updated = datetime.fromtimestamp(directory.stat().st_mtime, UTC)
     imported = data.get("imported")
     files = _list_files(directory)
     for item in data.get("empty") or []:
