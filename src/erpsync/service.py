@@ -432,7 +432,7 @@ class Service:
                 )
             )
         for note in notes:
-            self.say(f"{name}: {note}")
+            self.say(tr("{peer}: {reason}", peer=name, reason=note))
 
 
 def shown_url(url: str) -> str:

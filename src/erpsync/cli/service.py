@@ -155,6 +155,6 @@ def status_command(ctx: click.Context) -> None:
         console.print(table)
         for name, peer in state.peers.items():
             for line in ([peer.message] if peer.message else []) + peer.notes:
-                console.print(f"{name}: {line}", markup=False)
+                console.print(tr("{peer}: {reason}", peer=name, reason=line), markup=False)
     if not found.running:
         raise click.exceptions.Exit(NOT_RUNNING)

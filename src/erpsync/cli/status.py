@@ -91,7 +91,7 @@ def status_command(ctx: click.Context, db: str | None) -> None:
         console.print(table)
         for peer in report.peers:
             if peer.result == "error" and peer.message:
-                console.print(f"{peer.name}: {peer.message}", markup=False)
+                console.print(tr("{peer}: {reason}", peer=peer.name, reason=peer.message), markup=False)
     else:
         console.print(tr("No sync yet."))
     if report.open_conflicts:
