@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import json
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from erpsync.cli import cli
-from erpsync.config import ConfigInvalid, import_legacy, load_config, to_toml, validate, write_example
+from erpsync.config import (
+    ClientConfig,
+    Config,
+    ConfigInvalid,
+    NodeConfig,
+    PeerConfig,
+    ServeConfig,
+    import_legacy,
+    load_config,
+    to_toml,
+    validate,
+    write_example,
+)
 from erpsync.errors import InvalidArgument, NotFound
 
 
@@ -18,6 +32,11 @@ def test_the_written_example_is_valid(tmp_path: Path) -> None:
     config = load_config(path)
     assert (config.node.name, config.sync.interval, config.sync.policy) == ("PC1", 300, "lww")
     assert [p.name for p in config.peers] == ["serveur"]
+    assert config.serve.clients == []
+    text = path.read_text()
+    commented = validate(tomllib.loads(re.sub(r"(?m)^# (?=\[|[A-Za-z_]+ = )", "", text)), "x")
+    assert [c.name for c in commented.serve.clients] == ["PC3"]
+    assert [p.name for p in commented.peers] == ["serveur", "serveur-ssh", "PC2"]
     assert config.backup.before_sync and config.backup.keep_last == 20
     with pytest.raises(InvalidArgument, match="already exists"):
         write_example(path)
@@ -68,6 +87,73 @@ def test_peer_names_are_unique_and_tokens_come_from_the_environment(monkeypatch:
     assert config.peer("SRV").secret() == "s3cret"
     with pytest.raises(NotFound, match="no peer nope"):
         config.peer("nope")
+
+
+def test_a_hubs_clients_give_their_tokens_to_serve_without_being_peers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = {"node": {"name": "SERVEUR", "database": "hub.sqlite"}}
+    with pytest.raises(ConfigInvalid) as caught:
+        validate(
+            {
+                **base,
+                "serve": {
+                    "clients": [
+                        {"name": "PC1"},
+                        {"name": "PC2", "token": "a", "token_env": "B"},
+                        {"name": "pc3", "token": "c"},
+                        {"name": "PC3", "token": "d"},
+                        {"name": "PC4", "url": "http://h:1", "token": "e"},
+                    ]
+                },
+            },
+            "x",
+        )
+    message = str(caught.value)
+    for expected in (
+        "serve.clients[0]: give token or token_env: the client authenticates with it",
+        "serve.clients[1]: give token or token_env, not both",
+        "serve.clients[4].url: unknown field",
+    ):
+        assert expected in message
+    assert "\n" not in message
+    with pytest.raises(ConfigInvalid, match="serve: client names must be unique: pc3"):
+        validate(
+            {**base, "serve": {"clients": [{"name": "pc3", "token": "c"}, {"name": "PC3", "token": "d"}]}},
+            "x",
+        )
+    config = validate(
+        {
+            **base,
+            "peers": [
+                {"name": "PC1", "url": "http://pc1:8765", "token": "lan-pc1"},
+                {"name": "PC2", "url": "http://pc2:8765", "token": "t-pc2"},
+                {"name": "PC3", "url": "http://pc3:8765", "token_env": "ABSENT_PC3"},
+            ],
+            "serve": {
+                "port": 9000,
+                "clients": [{"name": "PC1", "token_env": "T_PC1"}, {"name": "PC2", "token": "t-pc2"}],
+            },
+        },
+        "x",
+    )
+    monkeypatch.setenv("T_PC1", "client-pc1")
+    monkeypatch.delenv("ABSENT_PC3", raising=False)
+    tokens, unset = config.accepted_tokens()
+    assert tokens == {"PC1": "client-pc1", "PC2": "t-pc2", "PC1 (peer)": "lan-pc1"}
+    assert unset == [("PC3", "ABSENT_PC3")]
+    path = tmp_path / "erpsync.toml"
+    path.write_text(to_toml(config), encoding="utf-8")
+    assert load_config(path) == config
+    hub = Config(
+        node=NodeConfig(name="SERVEUR", database="hub.sqlite"),
+        serve=ServeConfig(clients=[ClientConfig(name="PC1", token="s")]),
+        peers=[PeerConfig(name="srv2", url="ssh://erp@srv2/SERVEUR")],
+    )
+    path.write_text(to_toml(hub), encoding="utf-8")
+    assert load_config(path) == hub and "[serve]" not in path.read_text()
+    with pytest.raises(ConfigInvalid, match=r"peers\[0\]\.url: must be ssh://user@host"):
+        validate({**base, "peers": [{"name": "s", "url": "ssh://erp@srv2"}]}, "x")
 
 
 def test_toml_syntax_errors_and_missing_files(tmp_path: Path) -> None:

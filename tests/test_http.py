@@ -520,6 +520,28 @@ def test_serve_takes_the_peers_tokens_from_the_configuration(tmp_path: Path) -> 
             assert sync(pc, PeerAddress(served.url, "s3cret")).nothing_to_do
 
 
+def test_serve_accepts_the_tokens_of_its_clients_and_of_its_peers(tmp_path: Path) -> None:
+    """A hub lists its PCs as [[serve.clients]] (it does not sync with them); a LAN peer's token works too."""
+    with nodes(tmp_path, "sqlite", "sqlite") as (hub, pc):
+        config = tmp_path / "erpsync.toml"
+        config.write_text(
+            f'[node]\nname = "SERVEUR"\ndatabase = "{url_of(hub)}"\n\n'
+            '[[peers]]\nname = "PC9"\nurl = "http://127.0.0.1:1"\ntoken = "jeton-pair"\n\n'
+            '[[serve.clients]]\nname = "PC1"\ntoken_env = "JETON_PC1"\n\n'
+            '[[serve.clients]]\nname = "PC2"\ntoken = "jeton-pc2"\n\n'
+            '[[serve.clients]]\nname = "PC3"\ntoken_env = "JETON_PC3_ABSENT"\n',
+            encoding="utf-8",
+        )
+        env = {"ERPSYNC_CONFIG": str(config), "JETON_PC1": "jeton-pc1"}
+        with server_process(url_of(hub), env=env) as served:
+            assert served.process.stdout is not None
+            assert served.process.stdout.readline().strip() == "Peers allowed: PC1, PC2, PC9."
+            for token in ("jeton-pc1", "jeton-pc2", "jeton-pair"):
+                assert sync(pc, PeerAddress(served.url, token)).nothing_to_do
+            with pytest.raises(TokenRefused):
+                sync(pc, PeerAddress(served.url, "jeton-pc3"))
+
+
 def test_every_transport_message_has_a_french_translation() -> None:
     """Messages of the transport's own error classes (test_errors covers those of erpsync.errors)."""
     from erpsync import i18n

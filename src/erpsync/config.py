@@ -36,6 +36,13 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _unique(kind: str, names: list[str]) -> None:
+    lowered = [n.lower() for n in names]
+    duplicates = sorted({n for n in lowered if lowered.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{kind} names must be unique: {', '.join(duplicates)}")
+
+
 class NodeConfig(_Model):
     """This node: its name and its database (URL or SQLite file path)."""
 
@@ -43,33 +50,51 @@ class NodeConfig(_Model):
     database: str = Field(min_length=1)
 
 
-class PeerConfig(_Model):
-    """A node this one syncs with."""
+class _Secret(_Model):
+    """A named node and its token, written in the file or read from an environment variable."""
 
     name: str = Field(min_length=1, max_length=64)
-    url: str
     token: str | None = None
     token_env: str | None = None
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        scheme = urlsplit(value).scheme.split("+")[0]
-        if "://" not in value or scheme not in PEER_SCHEMES:
-            raise ValueError(
-                "must be http(s)://host:port, ssh://user@host/path, file:///shared/folder or a database URL"
-            )
-        return value
-
     @model_validator(mode="after")
-    def _one_token(self) -> PeerConfig:
+    def _one_token(self) -> _Secret:
         if self.token and self.token_env:
             raise ValueError("give token or token_env, not both")
         return self
 
     def secret(self) -> str | None:
-        """The peer's token, from the file or from its environment variable."""
+        """The token, from the file or from its environment variable."""
         return os.environ.get(self.token_env) if self.token_env else self.token
+
+
+class PeerConfig(_Secret):
+    """A node this one syncs with (its token is sent to it, and accepted from it by erpsync serve)."""
+
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        scheme = parts.scheme.split("+")[0]
+        if "://" not in value or scheme not in PEER_SCHEMES:
+            raise ValueError(
+                "must be http(s)://host:port, ssh://user@host/path, file:///shared/folder or a database URL"
+            )
+        if scheme == "ssh" and (not parts.hostname or parts.path in ("", "/")):
+            raise ValueError("must be ssh://user@host[:port]/path/of/the/database or ssh://user@host/NODE")
+        return value
+
+
+class ClientConfig(_Secret):
+    """A node that syncs with this one through erpsync serve, which does not sync with it (a hub's PC)."""
+
+    @model_validator(mode="after")
+    def _a_token(self) -> ClientConfig:
+        if not self.token and not self.token_env:
+            raise ValueError("give token or token_env: the client authenticates with it")
+        return self
 
 
 class SyncConfig(_Model):
@@ -114,11 +139,18 @@ class ServeConfig(_Model):
     cert: str | None = None
     key: str | None = None
     max_body: int = Field(default=DEFAULT_MAX_BODY, ge=1024, description="bytes")
+    clients: list[ClientConfig] = Field(default_factory=list)
+    """Nodes allowed to connect that this one does not sync with (a hub's PCs)."""
 
     @model_validator(mode="after")
     def _cert_and_key(self) -> ServeConfig:
         if (self.cert is None) != (self.key is None):
             raise ValueError("give cert and key together, or neither")
+        return self
+
+    @model_validator(mode="after")
+    def _unique_clients(self) -> ServeConfig:
+        _unique("client", [c.name for c in self.clients])
         return self
 
 
@@ -133,11 +165,24 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _unique_peers(self) -> Config:
-        names = [p.name.lower() for p in self.peers]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"peer names must be unique: {', '.join(duplicates)}")
+        _unique("peer", [p.name for p in self.peers])
         return self
+
+    def accepted_tokens(self) -> tuple[dict[str, str], list[tuple[str, str]]]:
+        """The tokens erpsync serve accepts, by name, and the (name, variable) of those not set.
+
+        Its clients' (``[[serve.clients]]``) and its peers' (a PC listed as a
+        peer on the LAN syncs both ways, so it also connects here).
+        """
+        tokens: dict[str, str] = {}
+        unset: list[tuple[str, str]] = []
+        for entry in [*self.serve.clients, *self.peers]:
+            secret = entry.secret()
+            if secret and secret not in tokens.values():
+                tokens[entry.name if entry.name not in tokens else f"{entry.name} (peer)"] = secret
+            elif not secret and entry.token_env:
+                unset.append((entry.name, entry.token_env))
+        return tokens, unset
 
     def peer(self, name: str) -> PeerConfig:
         """The peer called ``name`` (case-insensitive)."""
@@ -221,6 +266,12 @@ name = "serveur"
 url = "https://erp.example.fr:8443"
 token_env = "ERPSYNC_TOKEN_SERVEUR"   # read the token from this environment variable
 
+# [[peers]]                       # the server through SSH (keys; no token, no open HTTP port)
+# name = "serveur-ssh"
+# url = "ssh://erp@erp.example.fr/srv/erp/erp.sqlite"
+#   or "ssh://erp@erp.example.fr/SERVEUR" (the node SERVEUR of the server's erpsync.toml);
+#   options: ?erpsync=/opt/erpsync/.venv/bin/erpsync&identity=C:/Users/me/.ssh/id_ed25519
+
 # [[peers]]
 # name = "PC2"
 # url = "http://192.168.1.101:8001"
@@ -232,12 +283,16 @@ keep_last = 20                    # keep the 20 newest backups
 # keep_days = 30                  # and/or those of the last 30 days
 # folder = "C:/ERP/backups"
 
-# [serve]                         # erpsync serve: this node over HTTP, for the peers listed above
-# host = "0.0.0.0"                # every interface: needs the peers' tokens (127.0.0.1 by default)
+# [serve]                         # erpsync serve: this node over HTTP, for its clients and peers
+# host = "0.0.0.0"                # every interface: needs tokens (127.0.0.1 by default)
 # port = 8765
 # cert = "C:/ERP/tls/cert.pem"    # HTTPS with this certificate and key
 # key = "C:/ERP/tls/key.pem"
 # max_body = 67108864             # bytes; larger requests get 413
+
+# [[serve.clients]]               # a node that syncs with this one, which does not sync with it:
+# name = "PC3"                    # a hub lists its PCs here, not under [[peers]]
+# token_env = "ERPSYNC_TOKEN_PC3" # (erpsync serve also accepts the tokens of the [[peers]] above)
 """
 
 
@@ -298,10 +353,10 @@ def import_legacy(file: Path, *, database: str | None = None, name: str | None =
     )
 
 
-def to_toml(config: Config) -> str:
-    """A configuration as TOML text (for import-legacy)."""
+def to_toml(config: Config, *, origin: str = "Converted by erpsync config import-legacy") -> str:
+    """A configuration as TOML text (for import-legacy and the demo), its first line saying who wrote it."""
     lines = [
-        "# Converted by erpsync config import-legacy; check it with: erpsync config check",
+        f"# {origin}; check it with: erpsync config check",
         "",
         "[node]",
         f"name = {_toml(config.node.name)}",
@@ -314,13 +369,29 @@ def to_toml(config: Config) -> str:
     ]
     for peer in config.peers:
         lines += ["", "[[peers]]", f"name = {_toml(peer.name)}", f"url = {_toml(peer.url)}"]
-        if peer.token_env:
-            lines.append(f"token_env = {_toml(peer.token_env)}")
+        lines += _token_lines(peer)
     backup = config.backup
     lines += ["", "[backup]", f"before_sync = {str(backup.before_sync).lower()}"]
     if backup.keep_last is not None:
         lines.append(f"keep_last = {backup.keep_last}")
+    serve = config.serve
+    changed = {
+        name: value
+        for name, value in serve.model_dump(exclude={"clients"}).items()
+        if value != ServeConfig.model_fields[name].default
+    }
+    if changed:
+        lines += ["", "[serve]"]
+        lines += [f"{name} = {_toml(v) if isinstance(v, str) else v}" for name, v in changed.items()]
+    for client in serve.clients:
+        lines += ["", "[[serve.clients]]", f"name = {_toml(client.name)}", *_token_lines(client)]
     return "\n".join(lines) + "\n"
+
+
+def _token_lines(entry: _Secret) -> list[str]:
+    if entry.token_env:
+        return [f"token_env = {_toml(entry.token_env)}"]
+    return [f"token = {_toml(entry.token)}"] if entry.token else []
 
 
 def _toml(value: str) -> str:

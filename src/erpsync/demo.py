@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import text
 
 from erpsync import numbering
-from erpsync.config import Config, NodeConfig, PeerConfig, to_toml
+from erpsync.config import ClientConfig, Config, NodeConfig, PeerConfig, ServeConfig, to_toml
 from erpsync.db import Database, open_database
 from erpsync.errors import InvalidArgument
 from erpsync.fill import fill
@@ -259,15 +259,16 @@ def _row(db: Database, sql: str, **params: Any) -> tuple[Any, ...]:
 
 
 def _write_configs(folder: Path, paths: dict[str, Path], tokens: dict[str, str]) -> None:
-    """An erpsync.toml per node, so the user can go on: status, serve, sync, service."""
+    """An erpsync.toml per node, so the user can go on: status, serve, sync, service.
+
+    The hub lists the PCs as clients of erpsync serve (their tokens), not as
+    peers: the PCs sync with it, the hub's service has nobody to sync with.
+    """
     hub_url = "http://127.0.0.1:8765"
     configs = {
         HUB: Config(
             node=NodeConfig(name=HUB, database=str(paths[HUB])),
-            peers=[
-                PeerConfig(name=pc, url=f"sqlite:///{paths[pc].resolve().as_posix()}", token=tokens[pc])
-                for pc in (PC1, PC2)
-            ],
+            serve=ServeConfig(clients=[ClientConfig(name=pc, token=tokens[pc]) for pc in (PC1, PC2)]),
         ),
         **{
             pc: Config(
@@ -278,4 +279,6 @@ def _write_configs(folder: Path, paths: dict[str, Path], tokens: dict[str, str])
         },
     }
     for name, config in configs.items():
-        (folder / f"{FILES[name]}.toml").write_text(to_toml(config), encoding="utf-8")
+        (folder / f"{FILES[name]}.toml").write_text(
+            to_toml(config, origin="Written by erpsync demo"), encoding="utf-8"
+        )

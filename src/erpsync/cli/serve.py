@@ -59,27 +59,20 @@ def serve_command(
 ) -> None:
     """Serve node DB over HTTP until Ctrl-C, for peers syncing with http(s)://HOST:PORT.
 
-    Peers authenticate with a token: those of the peers listed in erpsync.toml
-    (token or token_env), and --token. Without any, only this machine may connect.
+    Peers authenticate with a token: those of the clients and peers listed in
+    erpsync.toml (token or token_env), and --token. Without any, only this
+    machine may connect.
     """
     from erpsync.transport.server import SHARED, serve  # the web stack loads for this command only
 
     config = _configuration(ctx)
     settings = config.serve if config is not None else ServeConfig()
-    tokens: dict[str, str] = {}
-    for peer in config.peers if config is not None else []:
-        secret = peer.secret()
-        if secret:
-            tokens[peer.name] = secret
-        elif peer.token_env:
-            err_console.print(
-                tr(
-                    "Peer {name} cannot connect: environment variable {var} is not set.",
-                    name=peer.name,
-                    var=peer.token_env,
-                ),
-                markup=False,
-            )
+    tokens, unset = config.accepted_tokens() if config is not None else ({}, [])
+    for name, variable in unset:
+        err_console.print(
+            tr("Peer {name} cannot connect: environment variable {var} is not set.", name=name, var=variable),
+            markup=False,
+        )
     if token:
         tokens[SHARED] = token
     with open_database(db) as database:
