@@ -11,6 +11,7 @@ import click
 from erpsync.cli.output import DB_ARGUMENT, console, err_console
 from erpsync.config import DEFAULT_PATH, Config, ServeConfig, load_config
 from erpsync.db import open_database
+from erpsync.errors import InvalidArgument
 from erpsync.i18n import tr
 from erpsync.sync.node import Node
 from erpsync.transport import TOKEN_ENV
@@ -39,6 +40,11 @@ def _configuration(ctx: click.Context) -> Config | None:
 )
 @click.option("--max-body", type=click.IntRange(1024), help="Largest request accepted, in bytes.")
 @click.option(
+    "--stdio",
+    is_flag=True,
+    help="Answer one peer on stdin and stdout instead of listening: what ssh:// peers run here.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="warning",
@@ -55,18 +61,31 @@ def serve_command(
     key: str | None,
     token: str | None,
     max_body: int | None,
+    stdio: bool,
     log_level: str,
 ) -> None:
     """Serve node DB over HTTP until Ctrl-C, for peers syncing with http(s)://HOST:PORT.
 
     Peers authenticate with a token: those of the clients and peers listed in
     erpsync.toml (token or token_env), and --token. Without any, only this
-    machine may connect.
+    machine may connect. With --stdio, answer the one peer on stdin and stdout
+    (ssh:// peers run this through ssh, which authenticates them).
     """
-    from erpsync.transport.server import SHARED, serve  # the web stack loads for this command only
-
     config = _configuration(ctx)
     settings = config.serve if config is not None else ServeConfig()
+    if stdio:
+        if host or port is not None or cert or key:
+            raise InvalidArgument(
+                "--stdio takes no --host, --port, --cert or --key",
+                "ssh carries the connection and authenticates the peer: drop these options",
+            )
+        from erpsync.transport.stdio import serve_stdio
+
+        serve_stdio(db, max_body=max_body or settings.max_body)
+        return
+
+    from erpsync.transport.server import SHARED, serve  # the web stack loads for this command only
+
     tokens, unset = config.accepted_tokens() if config is not None else ({}, [])
     for name, variable in unset:
         err_console.print(

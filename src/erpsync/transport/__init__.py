@@ -41,6 +41,10 @@ def open_peer(address: PeerAddress | str) -> Peer:
         from erpsync.transport.http import HttpPeer  # httpx is loaded only for network peers
 
         return HttpPeer(address.url, address.token, name=address.name)
+    if address.scheme == "ssh":  # SSH authenticates (keys): no token
+        from erpsync.transport.ssh import SshPeer
+
+        return SshPeer(address.url, name=address.name)
     if address.scheme == "file":  # many nodes' files, not one node: see erpsync.transport.folder
         from erpsync.transport.folder import NotALivePeer
 

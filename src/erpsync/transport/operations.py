@@ -11,8 +11,10 @@ while the node's schema digest, fingerprint and table settings are unchanged.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection
 
 from erpsync.db import Database
@@ -133,3 +135,38 @@ class Operations:
         """Note a sync with a node."""
         self._peer().met(request.node_id, request.name, request.url)
         return wire.Done()
+
+    def call(self, op: str, args: Mapping[str, Any]) -> BaseModel | Iterator[bytes]:
+        """Operation ``op`` with its arguments as a stream channel (SSH) carries them.
+
+        HTTP routes each operation by path and query; a stream channel names it
+        in a ``wire.CallIn``. The arguments are checked against the same wire
+        models, then the same method answers: a model, or the changes stream's lines.
+        """
+        if op not in _CALLS:
+            raise wire.MalformedRequest(
+                "no operation {op}", "the operations are: {ops}", op=op[:50], ops=", ".join(_CALLS)
+            )
+        model, method = _CALLS[op]
+        try:
+            request = model.model_validate(args) if model is not None else None
+        except ValidationError as exc:
+            raise wire.malformed_request(exc, "send the request erpsync.transport.ssh sends") from None
+        return method(self, request)
+
+
+_Method = Callable[[Operations, Any], BaseModel | Iterator[bytes]]
+_CALLS: dict[str, tuple[type[BaseModel] | None, _Method]] = {
+    "hello": (None, lambda ops, _: ops.hello()),
+    "cursors": (wire.CursorsIn, lambda ops, r: ops.cursors(r.node)),
+    "plan": (wire.PlanIn, Operations.plan),
+    "changes": (
+        wire.ChangesIn,
+        lambda ops, r: ops.changes(r.table, r.stream, r.since, r.upto, r.for_node, r.batch_rows),
+    ),
+    "fetch": (wire.FetchIn, Operations.fetch),
+    "advance": (wire.AdvanceIn, Operations.advance),
+    "apply": (wire.ApplyIn, Operations.apply),
+    "met": (wire.MetIn, Operations.met),
+}
+"""Each operation a ``wire.CallIn`` names: the model of its arguments, and the method answering it."""

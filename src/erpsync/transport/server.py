@@ -332,7 +332,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     def invalid(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        problems = "; ".join(_problem(e) for e in exc.errors()[:10])
+        problems = "; ".join(wire.problem_of(e) for e in exc.errors()[:10])
         status = 400 if any(e.get("type") == "json_invalid" for e in exc.errors()) else 422
         body = wire.error_body(
             "malformed request: {problems}",
@@ -353,11 +353,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(Exception, unexpected)
-
-
-def _problem(error: Mapping[str, Any]) -> str:
-    where = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
-    return f"{where}: {error.get('msg', 'invalid')}"
 
 
 def _document_security(app: FastAPI, required: bool) -> None:

@@ -18,9 +18,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import fields
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from erpsync import __version__
 from erpsync.errors import (
@@ -33,7 +33,7 @@ from erpsync.errors import (
 from erpsync.i18n import tr
 from erpsync.sync import changeset
 from erpsync.sync.apply import ApplyResult, ConcurrentWrite
-from erpsync.sync.changeset import GONE, Batch, Cursors
+from erpsync.sync.changeset import BATCH_ROWS, GONE, Batch, Cursors
 from erpsync.sync.meta import GID_LENGTH, SYNC_ID_LENGTH
 from erpsync.sync.model import SyncTable
 from erpsync.sync.node import NotANode, SchemaChanged
@@ -87,6 +87,12 @@ class CursorsOut(_Wire):
     cursors: list[tuple[str, int, int]]
 
 
+class CursorsIn(_Wire):
+    """Whose changes: the query of ``GET /v1/cursors``, as a stream channel (SSH) sends it."""
+
+    node: NodeId
+
+
 class PlanIn(_Wire):
     """What to send to ``for_node``, after its cursors ``since``, up to ``upto``."""
 
@@ -99,6 +105,17 @@ class PlanOut(_Wire):
     """(table, stream, rows to send), parents first for rows present, children first for tombstones."""
 
     plan: list[tuple[str, int, int]]
+
+
+class ChangesIn(_Wire):
+    """Which batches: the query of ``GET /v1/changes``, as a stream channel (SSH) sends it."""
+
+    table: TableName
+    stream: Stream
+    since: Seq
+    upto: Seq
+    for_node: NodeId
+    batch_rows: int = Field(default=BATCH_ROWS, ge=1, le=50_000)
 
 
 class FetchIn(_Wire):
@@ -171,6 +188,29 @@ class ErrorOut(_Wire):
     template: str | None = None
     hint_template: str | None = None
     params: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+
+Operation = Literal["hello", "cursors", "plan", "changes", "fetch", "advance", "apply", "met"]
+
+
+class CallIn(_Wire):
+    """One request on a stream channel (``erpsync serve --stdio``): the operation and its body.
+
+    ``args`` is what HTTP carries in the query or the body (``CursorsIn``,
+    ``PlanIn``, ``ChangesIn``…), checked against that model by the server.
+    """
+
+    op: Operation
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class Greeting(_Wire):
+    """What ``erpsync serve --stdio`` says first, before any request."""
+
+    model_config = ConfigDict(extra="ignore")  # a later version may say more: its protocol is still read
+
+    protocol: int
+    version: str
 
 
 # -- conversions ---------------------------------------------------------------------------------
@@ -407,6 +447,18 @@ def error_out(exc: ErpSyncError) -> ErrorOut:
 def error_body(message: str, hint: str, **params: object) -> ErrorOut:
     """An error of the server itself (authentication, size, route), from English ids."""
     return error_out(ErpSyncError(message, hint, **params))
+
+
+def malformed_request(exc: ValidationError, hint: str) -> MalformedRequest:
+    """A request that does not match its model, with its first problems named."""
+    problems = "; ".join(problem_of(e) for e in exc.errors()[:10])
+    return MalformedRequest("malformed request: {problems}", hint, problems=problems)
+
+
+def problem_of(error: Any) -> str:
+    """One validation error as ``where: what``."""
+    where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "args")) or "body"
+    return f"{where}: {error.get('msg', 'invalid')}"
 
 
 def _param(value: object) -> str | int | float | bool | None:
