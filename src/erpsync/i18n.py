@@ -499,7 +499,7 @@ FRENCH: dict[str, str] = {
     # sync history, backups before sync and undo (issue 7)
     "a receipt of sync {id} is damaged: {reason}": "un reçu de la synchronisation {id} est endommagé : {reason}",
     "the sync cannot be undone; restore the backup taken before it": "la synchronisation ne peut pas être annulée ; restaurez la sauvegarde prise avant elle",
-    "row {key} of {table} vanished during the sync": "la ligne {key} de {table} a disparu pendant la synchronisation",
+    "row {key} of a synced table vanished during the sync": "la ligne {key} d'une table synchronisée a disparu pendant la synchronisation",
     "rows of {db} kept changing during the undo; nothing was undone": "des lignes de {db} changeaient sans cesse pendant l'annulation ; rien n'a été annulé",
     "run erpsync sync undo again when the ERP is less busy": "relancez erpsync sync undo quand l'ERP est moins sollicité",
     "the receipts of sync {id} of {when} are no longer kept ({days} days); it cannot be undone": "les reçus de la synchronisation {id} du {when} ne sont plus conservés ({days} jours) ; elle ne peut pas être annulée",

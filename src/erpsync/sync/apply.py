@@ -204,8 +204,7 @@ class _Apply(Inserts):
         self.rows = rows
         self.receipt = receipt
         self.local: dict[str, Mapping[str, Any]] = {}
-        self.before: dict[tuple[str, ...], tuple[Key, tuple[Any, ...]]] = {}
-        """Keys and values of present rows as read before writing, by canonical key (receipts)."""
+        """The rows' metadata before the batch, by global id."""
         self.skip = skip
         self.table = rows.table
         self.batch = batch
@@ -432,8 +431,6 @@ class _Apply(Inserts):
             if rel is Relation.CONCURRENT or NO_OVERWRITE in self._column_policies()
         ]
         current = self.rows.app_values(needs_values) if needs_values else {}
-        if self.receipt is not None:
-            self._keep_before(current)
         out = []
         for r, mine, stamps, rel, sides, versions in decided:
             incoming = self._merge_row(r, mine, stamps, rel, sides, refs, current.get(self._key(mine)))
@@ -551,32 +548,16 @@ class _Apply(Inserts):
     def _remember(self, rows: list[tuple[str, Key]], kind: str, seqs: dict[str, int] | None = None) -> None:
         """Keep the before-image of present rows about to be updated or deleted (for undo).
 
-        Their values come from what the merge already read, else from one query.
+        One query per batch; the values are kept as the driver returns them, so
+        undo writes back exactly what was there.
         """
         assert self.receipt is not None
-        missing = [key for _, key in rows if self._canonical(key) not in self.before]
-        if missing:
-            self._keep_before(self.rows.app_values(missing))
+        found = history.before_images(self.rows, [key for _, key in rows])
         for gid, key in rows:
+            image = found.get(tuple(key)) or history.find_image(found, self.key_encoders, key)
             mine = self.local.get(gid)
             seq = seqs[gid] if seqs and gid in seqs else int(mine["seq"]) if mine is not None else 0
-            found = self.before.get(self._canonical(key))
-            if found is None:  # pragma: no cover - the row was read under its key just above
-                raise ErpSyncError(
-                    "row {key} of {table} vanished during the sync",
-                    "run the sync again",
-                    key=key,
-                    table=self.table.name,
-                )
-            self.receipt.image(gid, kind, seq, *found)
-
-    def _keep_before(self, current: dict[Key, tuple[Any, ...]]) -> None:
-        for key, values in current.items():
-            self.before.setdefault(self._canonical(key), (key, values))
-
-    def _canonical(self, key: Key) -> tuple[str, ...]:
-        """A key as one spelling, whichever way it was read (raw from the driver, or typed)."""
-        return tuple(encode(v) for encode, v in zip(self.key_encoders, key, strict=True))
+            self.receipt.image(gid, kind, seq, *image)
 
     # -- tombstones ----------------------------------------------------------------------------
 

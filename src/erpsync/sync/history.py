@@ -35,10 +35,13 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from erpsync.db import Database
 from erpsync.errors import ErpSyncError
+from erpsync.sync.capture import IN_LIMIT, Key, _chunks
 from erpsync.sync.changeset import Batch, _decode, _encode
+from erpsync.sync.encoding import Encoder, row_text
 from erpsync.sync.meta import HISTORY, RECEIPTS
 from erpsync.sync.model import SyncTable
 from erpsync.sync.node import Node
+from erpsync.sync.rows import TableRows
 
 SYNC, PULL, PUSH, REMOTE, UNDO = "sync", "pull", "push", "remote", "undo"
 """Directions: run here (both ways, pull, push), run by the peer that sent batches here, an undo."""
@@ -268,7 +271,7 @@ class Receipt:
         if gid not in self._seen:
             self._seen.add(gid)
             self.rows.append([gid, kind, before_seq])
-            self.images[gid] = [[_encode(v) for v in key], [_encode(v) for v in values]]
+            self.images[gid] = [key, values]  # encoded by data(): json calls _encode for the rest
 
     def meta(self, gid: str, before_seq: int) -> None:
         """A row whose metadata only the batch changed (a new clock, a tombstone's stamp)."""
@@ -305,9 +308,68 @@ class Receipt:
                 self.meta(gid, int(mine["seq"]) if mine is not None else 0)
 
     def data(self) -> bytes:
-        """The receipt as stored: compressed JSON."""
-        text = json.dumps({"new": self.new, "rows": self.rows, "images": self.images}, separators=(",", ":"))
+        """The receipt as stored: compressed JSON (decimals, dates and bytes tagged as
+        ``changeset`` tags them, by the encoder's fallback: plain values cost nothing more)."""
+        data = {"new": self.new, "rows": self.rows, "images": self.images}
+        text = json.dumps(data, separators=(",", ":"), default=_json_value)
         return zlib.compress(text.encode(), 1)
+
+
+def _json_value(value: Any) -> Any:
+    """Decimals, dates, times and bytes as ``changeset`` tags them (JSON keeps the rest)."""
+    encoded = _encode(value)
+    if encoded is value:
+        raise TypeError(f"{type(value).__name__} values cannot be kept in a receipt")
+    return encoded
+
+
+def before_images(rows: TableRows, keys: Sequence[Key]) -> dict[Key, tuple[Key, tuple[Any, ...]]]:
+    """The key and values of present rows, by key, as the driver returns them (one query a batch).
+
+    Raw values go back exactly as they were read: a SQLite date kept as text
+    stays that text, a decimal its digits. Plain tuples off the DB-API cursor:
+    this runs for every batch that updates or deletes rows.
+    """
+    table = rows.table
+    names = [rows.quote(k.name) for k in table.keys]
+    columns = [rows.quote(c.name) for c in table.columns]
+    select_sql = f"SELECT {', '.join(names + columns)} FROM {rows.quote(table.app.name)} WHERE "
+    width, mark = len(names), rows.mark
+    out: dict[Key, tuple[Key, tuple[Any, ...]]] = {}
+    cursor = rows.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if width == 1 and rows.node.dialect.binds_arrays:
+            queries = [
+                (f"{names[0]} = ANY({mark})", [[k[0] for k in part]]) for part in _chunks(keys, 50_000)
+            ]
+        else:
+            one = "(" + ", ".join([mark] * width) + ")" if width > 1 else mark
+            target = f"({', '.join(names)})" if width > 1 else names[0]
+            queries = [
+                (f"{target} IN ({', '.join([one] * len(part))})", [v for k in part for v in k])
+                for part in _chunks(keys, IN_LIMIT)
+            ]
+        for where, params in queries:
+            cursor.execute(select_sql + where, params)
+            for found in cursor.fetchall():
+                values = tuple(found)
+                out[values[:width]] = (values[:width], values[width:])
+    finally:
+        cursor.close()
+    return out
+
+
+def find_image(
+    found: dict[Key, tuple[Key, tuple[Any, ...]]], encoders: Sequence[Encoder], key: Key
+) -> tuple[Key, tuple[Any, ...]]:
+    """The image of ``key`` when it was given in another spelling than the driver's (a typed date)."""
+    wanted = row_text(encoders, key)
+    for stored, image in found.items():
+        if row_text(encoders, stored) == wanted:
+            return image
+    raise ErpSyncError(  # pragma: no cover - the rows were just read under these keys
+        "row {key} of a synced table vanished during the sync", "run the sync again", key=key
+    )
 
 
 def save_receipt(

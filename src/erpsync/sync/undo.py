@@ -348,7 +348,7 @@ class _Undo:
         """Put rows the sync deleted back, with their ids and global ids."""
         rows = self._rows_of(table)
         images = [row.before for row in items if row.before is not None]
-        taken = rows.app_values([tuple(e.key or ()) for e in images])
+        taken = history.before_images(rows, [tuple(e.key or ()) for e in images])
         free: list[_Row] = []
         for row in items:
             assert row.before is not None and row.before.key is not None
@@ -381,7 +381,7 @@ class _Undo:
             else:
                 shadow_updates.append({"b_gid": row.gid, **meta})
             done.setdefault(table.number, []).append((row, tuple(row.before.key)))
-        rows.insert_app(app_rows)
+        rows.insert_rows(table.app.name, app_rows)  # the values as the driver had returned them
         if table.surrogate:
             self.node.dialect.after_explicit_ids(self.conn, table.app)
         rows.write_shadows(shadow_inserts, shadow_updates)
@@ -398,20 +398,22 @@ class _Undo:
         """
         rows = self._rows_of(table)
         present = [row for row in items if row.present_now]
-        current = rows.app_values([row.key_now() for row in present]) if present else {}
-        changes: list[tuple[Key, dict[str, Any]]] = []
+        current = history.before_images(rows, [row.key_now() for row in present]) if present else {}
+        changes: list[dict[str, Any]] = []
         shadows: list[dict[str, Any]] = []
+        key_names = [k.name for k in table.keys]
         for row in items:
             if row.shadow is None:
                 continue  # no trace of it left here: nothing to tie to its state before
             meta: dict[str, Any] = {"b_gid": row.gid, "seq": self.state.next_seq()}
             if row.present_now and row.before is not None and row.before.values is not None:
                 key = row.key_now()
-                now = current.get(key)
+                now = current[key][1] if key in current else None
                 old = row.before.values
                 slots = [i for i in range(len(table.columns)) if now is None or now[i] != old[i]]
                 if slots:
-                    changes.append((key, {table.columns[i].name: old[i] for i in slots}))
+                    change = {table.columns[i].name: old[i] for i in slots}
+                    changes.append({**change, **dict(zip(key_names, key, strict=True))})
                     stamps = rows.stamps(row.shadow)
                     fresh: list[Any] = [None if i in slots else s for i, s in enumerate(stamps)]
                     meta.update(rows.clock_values(fresh), src=None)
@@ -421,7 +423,7 @@ class _Undo:
             else:
                 done.setdefault(table.number, []).append((row, None))
             shadows.append(meta)
-        rows.update_app(changes)
+        rows.update_rows(table.app.name, key_names, changes)  # raw values, as the receipt kept them
         rows.write_shadows([], shadows)
 
     def _record(self, target: SyncRecord) -> None:
