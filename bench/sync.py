@@ -7,8 +7,9 @@
   transactions, each on the reference schema without and with erpsync's
   triggers; the ratio is with / without.
 - apply: 100,000 changed rows (a fresh ``--big-project``) read from a SQLite
-  node, then applied to a fresh node on each engine; changes per second of the
-  apply alone and of the whole push (read + apply).
+  node, then applied to a fresh node on each engine, as a sync applies them
+  (under a sync id: receipts kept for undo); changes per second of the apply
+  alone and of the whole push (read + apply).
 - big: a 1,000,000-line project synced from a SQLite node to an empty SQLite
   node (time, peak memory of the syncing process), then a sync with nothing
   to do between them (median of 20, after opening both databases).
@@ -29,6 +30,7 @@ from bench.common import print_table, scratch_database, timed
 from erpsync.db import Database, open_database
 from erpsync.fill import fill
 from erpsync.schema import erp_tables, init_schema
+from erpsync.sync import history
 from erpsync.sync.apply import apply_batch
 from erpsync.sync.node import init_node
 from erpsync.sync.peer import LocalPeer
@@ -154,11 +156,15 @@ def apply_throughput(source: Database, engine: str) -> list[str]:
         a, b = LocalPeer(source, owned=False), LocalPeer(target, owned=False)
         here, there = a.hello(), b.hello()
 
+        sync_id = history.new_id()
+
         def read() -> list[Any]:
             batches = []
             for table, stream, count in a.plan({}, here.seq, there.node_id):
                 if count:
                     batches += list(a.changes(table, stream, 0, here.seq, there.node_id, 5000))
+            for batch in batches:
+                batch.sync_id = sync_id
             return batches
 
         read_seconds, batches = timed(read)
