@@ -16,6 +16,7 @@ applied: a library error is a 409 or a 422, never a 5xx for bad input.
 
 from __future__ import annotations
 
+import gc
 import hmac
 import ipaddress
 import os
@@ -457,6 +458,7 @@ def serve(
             reason=exc.strerror or str(exc),
         ) from None
     sock = bind(host, port)
+    gc.freeze()  # the modules and the app live as long as the process: no collection walks them again
     try:
         if ready is not None:
             ready(url_of(sock, host, tls=cert is not None))
