@@ -273,6 +273,9 @@ def main() -> None:
         )
 
     run = {"capture": run_capture, "apply": run_apply, "big": run_big}
+    from bench import sync_http  # --parts http: sync over HTTP (issue 6)
+
+    run["http"] = lambda: sync_http.run(["throughput", "noop"], ROWS, args.lines)
     for part in parts:
         run[part]()
 
