@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Connection
+from sqlalchemy import Connection, MetaData, Table
 
 from erpsync.db import Database
 from erpsync.sync.model import SyncTable, UnknownTable
-from erpsync.sync.node import Node
+from erpsync.sync.node import VERSION, Node, upgrade
 from erpsync.sync.peer import LocalPeer
 from erpsync.transport import wire
 
@@ -31,13 +31,31 @@ class _Reflection:
         self.lock = threading.Lock()
         self.key: object = None
         self.tables: list[SyncTable] | None = None
+        self.fixed: dict[str, Table] | None = None
+        """erpsync's own tables (``meta.fixed_tables``): the same for every request."""
 
 
 class _ServedNode(Node):
     """A node read at the start of a request; its reflected tables come from the process-wide cache."""
 
     def __init__(self, db: Database, shared: _Reflection) -> None:
-        super().__init__(db)
+        if shared.fixed is None:
+            super().__init__(db)
+            shared.fixed = self.meta
+        else:  # Node.__init__ with the process's own tables: building them again took most of a
+            # small request (a sync with nothing to do is three), and statements on the same Table
+            # objects reuse their compiled SQL
+            self.db = db
+            self.dialect = db.dialect
+            self.meta = shared.fixed
+            self._md = MetaData()
+            self._tables = None
+            self._peers = {}
+            with db.connect() as conn:
+                self._load(conn)
+            if self.version < VERSION:
+                upgrade(db)
+                self.version = VERSION
         self._shared = shared
         self._key = (
             self.node_id,
