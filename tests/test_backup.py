@@ -207,3 +207,27 @@ def test_the_cli_backs_up_before_sync_as_erpsync_toml_says(
         result = CliRunner().invoke(cli, ["--lang", "en", "sync", b, a])
         assert result.exit_code == 0 and "Backup taken" not in result.stdout
         assert len(list_backups(tmp_path / "saved")) == 1
+
+
+def test_a_node_restored_from_an_older_backup_still_sends_its_new_rows(
+    engine_name: str, tmp_path: Path
+) -> None:
+    from erpsync.sync.session import sync
+    from erpsync.sync.verify import verify
+    from tests.sync_support import add_project, nodes, rows, same
+
+    with nodes(tmp_path, engine_name, "sqlite") as (node, peer):
+        add_project(node, "PRJ-1")
+        sync(node, peer)
+        saved, _ = create_backup(node, tmp_path / "saved")
+        add_project(node, "PRJ-2")  # reaches the peer, then the restore takes it away here
+        sync(node, peer)
+        restore_backup(node, saved, folder=tmp_path / "saved")
+        add_project(node, "PRJ-3")  # its change sequence and global id must be new to the peer
+        sync(node, peer)
+        projects = "SELECT NumProjet FROM tb_Projet ORDER BY NumProjet"
+        assert rows(peer, projects) == [("PRJ-1",), ("PRJ-2",), ("PRJ-3",)]
+        assert rows(node, projects) == [("PRJ-1",), ("PRJ-3",)]
+        # what the restore took away comes back from the peer with verify --repair
+        assert verify(node, peer, repair=True).repaired == 2  # PRJ-2 and its version
+        same(node, peer)

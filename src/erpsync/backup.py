@@ -27,10 +27,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
-from sqlalchemy import text
+from sqlalchemy import inspect, select, text, update
 
 from erpsync.db import Database, open_database
 from erpsync.errors import ErpSyncError, InvalidArgument, NotFound, SchemaMismatch
@@ -42,6 +42,7 @@ from erpsync.export import (
     import_database,
     read_manifest,
 )
+from erpsync.sync.meta import NODE, fixed_tables
 
 Method = Literal["sqlite-backup", "pg_dump", "mariadb-dump", "export"]
 SQLITE: Method = "sqlite-backup"
@@ -364,6 +365,7 @@ def restore_backup(db: Database, path: Path, *, force: bool = False, folder: Pat
             db=db.name,
         )
     before, _ = create_backup(db, folder, reason="before restore")
+    counters = _node_counters(db)
     try:
         _restore(db, file, backup.method)
     except ErpSyncError as exc:
@@ -385,7 +387,38 @@ def restore_backup(db: Database, path: Path, *, force: bool = False, folder: Pat
             file=backup.file,
             before=str(before),
         )
+    if counters is not None:
+        _keep_counters(db, counters)
     return before
+
+
+_COUNTERS = ("hlc", "seq", "gids")
+"""A sync node's clock, change sequence and global-id counter: they never go back."""
+
+
+def _node_counters(db: Database) -> dict[str, Any] | None:
+    """The node id and counters of ``db`` when it is a sync node."""
+    node = fixed_tables(db.dialect)[NODE]
+    with db.connect() as conn:
+        if not inspect(conn).has_table(node.name):
+            return None
+        row = conn.execute(select(node.c.node_id, *(node.c[c] for c in _COUNTERS))).first()
+    return None if row is None else dict(row._mapping)
+
+
+def _keep_counters(db: Database, before: dict[str, Any]) -> None:
+    """Move a restored node's counters back up to where they were before the restore.
+
+    Its peers hold cursors up to the old change sequence and rows with the global
+    ids it gave out since the backup: going back would hide its next changes from
+    them and give two rows one global id.
+    """
+    node = fixed_tables(db.dialect)[NODE]
+    after = _node_counters(db)
+    if after is None or after["node_id"] != before["node_id"]:
+        return  # not the same node: its own counters are its own
+    with db.begin() as conn:
+        conn.execute(update(node).values({c: max(before[c], after[c]) for c in _COUNTERS}))
 
 
 def _restore(db: Database, file: Path, method: str) -> None:
