@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 from click.testing import CliRunner
 
-from erpsync import i18n
 from erpsync.cli import cli
 from erpsync.db import open_database
-from erpsync.errors import ErpSyncError
 from erpsync.fill import fill
 from erpsync.schema import init_schema
 from tests.sync_support import execute, value
@@ -113,28 +110,3 @@ def test_verify_lists_differences_and_repairs_them(tmp_path: Path) -> None:
     assert code == 1 and "different" in out
     code, out, _ = run("verify", a, b, "--repair")
     assert code == 0 and "Repaired 1 rows." in out and out.rstrip().endswith("Same rows on both nodes.")
-
-
-def message_ids() -> set[str]:
-    """Literals given to tr() or to any ErpSyncError class in the sync code."""
-
-    def names(cls: type) -> set[str]:
-        return {cls.__name__}.union(*(names(sub) for sub in cls.__subclasses__()))
-
-    import erpsync.cli.sync  # noqa: F401 - loads every sync module and its error classes
-
-    classes = names(ErpSyncError)
-    found = set()
-    for path in SOURCES:
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Call):
-                name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
-                count = 1 if name == "tr" else 2 if name in classes else 0
-                found.update(a.value for a in node.args[:count] if isinstance(a, ast.Constant))
-    return {i for i in found if isinstance(i, str)}
-
-
-def test_every_sync_message_has_a_french_translation() -> None:
-    ids = message_ids()
-    assert len(ids) > 60
-    assert sorted(i for i in ids if i not in i18n.FRENCH) == []

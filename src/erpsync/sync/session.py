@@ -225,15 +225,7 @@ def _sync(
     summary.peer = remote.label
     run.peer_name = remote.label
 
-    def before_write() -> None:
-        """Back up the local database, then record the sync as running (see ``sync``)."""
-        if backup is not None and backup.before_sync:
-            folder = Path(backup.folder) if backup.folder else None
-            path, _ = create_backup(
-                db, folder, reason="before sync", keep_last=backup.keep_last, keep_days=backup.keep_days
-            )
-            summary.backup = run.backup = path
-        run.begin()
+    before_write = backup_then_begin(db, backup, summary, run)
 
     try:
         here, there = local.hello(), remote.hello()
@@ -277,6 +269,24 @@ def _sync(
     finally:
         if remote is not peer:
             remote.close()
+
+
+def backup_then_begin(
+    db: Database, backup: BackupConfig | None, summary: SyncSummary, run: history.Run
+) -> Callable[[], None]:
+    """What to do before a sync's first local write: back up ``db`` if ``backup`` asks, then
+    record the sync as running (its receipts start there)."""
+
+    def before_write() -> None:
+        if backup is not None and backup.before_sync:
+            folder = Path(backup.folder) if backup.folder else None
+            path, _ = create_backup(
+                db, folder, reason="before sync", keep_last=backup.keep_last, keep_days=backup.keep_days
+            )
+            summary.backup = run.backup = path
+        run.begin()
+
+    return before_write
 
 
 def transfer(

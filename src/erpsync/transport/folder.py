@@ -57,7 +57,6 @@ from urllib.parse import unquote, urlsplit
 from sqlalchemy import select
 
 from erpsync import __version__
-from erpsync.backup import create_backup
 from erpsync.config import BackupConfig
 from erpsync.db import Database
 from erpsync.errors import ErpSyncError, InvalidArgument, SchemaMismatch
@@ -68,7 +67,7 @@ from erpsync.sync.apply import ApplyResult, ConcurrentWrite, PolicyMap
 from erpsync.sync.changeset import ALIVE, BATCH_ROWS, STREAMS, Batch, from_json, plan, read_changes, to_json
 from erpsync.sync.peer import Hello, LocalPeer
 from erpsync.sync.policies import PolicyOverride
-from erpsync.sync.session import RETRIES, SyncSummary, policies_of
+from erpsync.sync.session import RETRIES, SyncSummary, backup_then_begin, policies_of
 from erpsync.transport import PeerAddress
 
 FORMAT = 1
@@ -479,15 +478,7 @@ def exchange(
     run = history.Run(local.node, direction, label)
     summary = FolderSummary(local.label, label, id=run.id)
 
-    def before_write() -> None:
-        """Back up the database, then record the exchange as running (as ``session.sync`` does)."""
-        if backup is not None and backup.before_sync:
-            target = Path(backup.folder) if backup.folder else None
-            path, _ = create_backup(
-                db, target, reason="before sync", keep_last=backup.keep_last, keep_days=backup.keep_days
-            )
-            summary.backup = run.backup = path
-        run.begin()
+    before_write = backup_then_begin(db, backup, summary, run)
 
     error: BaseException | None = None
     try:
