@@ -8,7 +8,6 @@ the OpenAPI description.
 
 from __future__ import annotations
 
-import ast
 import gzip
 import json
 import os
@@ -540,33 +539,6 @@ def test_serve_accepts_the_tokens_of_its_clients_and_of_its_peers(tmp_path: Path
                 assert sync(pc, PeerAddress(served.url, token)).nothing_to_do
             with pytest.raises(TokenRefused):
                 sync(pc, PeerAddress(served.url, "jeton-pc3"))
-
-
-def test_every_transport_message_has_a_french_translation() -> None:
-    """Messages of the transport's own error classes (test_errors covers those of erpsync.errors)."""
-    from erpsync import i18n
-    from erpsync.errors import ErpSyncError
-    from erpsync.transport import http, operations, server
-
-    sources = [wire, http, operations, server]
-    classes = {
-        name
-        for module in sources
-        for name, value in vars(module).items()
-        if isinstance(value, type) and issubclass(value, ErpSyncError)
-    }
-    ids = set()
-    paths = [Path(str(m.__file__)) for m in sources] + [
-        Path(str(http.__file__)).parents[1] / "cli" / "serve.py"
-    ]
-    for path in paths:
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Call):
-                name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
-                if name in classes or name in ("tr", "error_body"):
-                    ids |= {a.value for a in node.args[:2] if isinstance(a, ast.Constant)}
-    assert len(ids) > 30
-    assert sorted(i for i in ids if i not in i18n.FRENCH) == []
 
 
 # -- the OpenAPI description -----------------------------------------------------------------------

@@ -7,7 +7,6 @@ erpsync. Without sshd the tests skip, except under CI=true, where they fail.
 
 from __future__ import annotations
 
-import ast
 import getpass
 import os
 import shlex
@@ -438,29 +437,3 @@ def test_ssh_urls_name_the_remote_node_and_quote_the_remote_command() -> None:
     ):
         with pytest.raises(InvalidArgument, match=says):
             open_peer(bad)
-
-
-def test_every_ssh_message_has_a_french_translation() -> None:
-    from erpsync import i18n
-    from erpsync.errors import ErpSyncError
-    from erpsync.transport import operations, ssh
-
-    sources = [ssh, stdio, operations]
-    classes = {
-        name
-        for module in [*sources, wire]
-        for name, value in vars(module).items()
-        if isinstance(value, type) and issubclass(value, ErpSyncError)
-    }
-    ids = set()
-    paths = [Path(str(m.__file__)) for m in sources] + [
-        Path(str(ssh.__file__)).parents[1] / "cli" / "serve.py"
-    ]
-    for path in paths:
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Call):
-                name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
-                if name in classes or name in ("tr", "error_body"):
-                    ids |= {a.value for a in node.args[:2] if isinstance(a, ast.Constant)}
-    assert len(ids) > 25
-    assert sorted(i for i in ids if i not in i18n.FRENCH) == []
