@@ -892,9 +892,10 @@ def _find_rows(files: Sequence[ChangeFile], wanted: dict[str, set[str]]) -> list
                             latest[(data["source"], data["table"], row[0])] = (data, row)
         except FileNotFoundError:
             continue
-    grouped: dict[tuple[str, str, tuple[str, ...]], tuple[dict[str, Any], list[Any]]] = {}
+    grouped: dict[tuple[Any, ...], tuple[dict[str, Any], list[Any]]] = {}
     for data, row in latest.values():
-        group = (data["source"], data["table"], tuple(data["columns"]))
+        # rows regrouped from several batches share the columns and the node list their clocks index
+        group = (data["source"], data["table"], tuple(data["columns"]), tuple(data["nodes"]))
         grouped.setdefault(group, ({**data, "rows": []}, []))[1].append(row)
     out = []
     for data, rows in grouped.values():
