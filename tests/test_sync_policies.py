@@ -178,6 +178,31 @@ def test_numbers_received_move_the_local_counters_forward(engine: str, tmp_path:
             assert n == 1 + max(m for y, m in filter(None, received) if y == year)
 
 
+@pytest.mark.parametrize(
+    "engines", [("sqlite", "sqlite"), ("postgresql", "mariadb")], ids=["sqlite", "servers"]
+)
+def test_a_code_freed_by_a_delete_and_reused_in_one_sync_converges(
+    engines: tuple[str, str], tmp_path: Path
+) -> None:
+    with nodes(tmp_path, *engines, scale=1, seed=15) as (hub, pc):
+        sync(pc, hub)
+        gone, code = rows(pc, "SELECT id, Code FROM tb_Client ORDER BY id DESC")[0]
+        execute(
+            pc,
+            "DELETE FROM tb_LigneCommande WHERE fkCommande IN "
+            "(SELECT id FROM tb_Commande WHERE fkClient = :c)",
+            "DELETE FROM tb_Commande WHERE fkClient = :c",
+            "DELETE FROM tb_Client WHERE id = :c",
+            "UPDATE tb_Client SET Code = :code WHERE id = 1",
+            c=gone,
+            code=code,
+        )
+        # the hub receives "client 1 takes the code" before "the client holding it is deleted"
+        sync(pc, hub)
+        sync(pc, hub)
+        same(pc, hub)
+
+
 def test_manual_business_number_collision_is_queued_and_can_be_swapped(two: list[Database]) -> None:
     a, b = two
     order(a, "CMD-2026-88888", "10.00")

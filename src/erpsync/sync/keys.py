@@ -111,6 +111,7 @@ def settle(rows: TableRows, incoming: Sequence[Incoming], manual: bool) -> Colli
                     later.values[slot] = _fresh(rows, slot, old, taken_in_batch, incoming)
                     later.stamps[slot] = None
                     later.writes.add(slot)
+                    later.whole = False  # renumbered here: the sender must get the new number back
                     out.renumbered.append(
                         Renumbering(
                             table.name,
@@ -153,6 +154,7 @@ def settle(rows: TableRows, incoming: Sequence[Incoming], manual: bool) -> Colli
                 row.values[slot] = new
                 row.stamps[slot] = None
                 row.writes.add(slot)
+                row.whole = False  # renumbered here: the sender must get the new number back
                 out.renumbered.append(
                     Renumbering(
                         table.name,
