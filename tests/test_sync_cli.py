@@ -12,9 +12,6 @@ from erpsync.fill import fill
 from erpsync.schema import init_schema
 from tests.sync_support import execute, value
 
-SOURCES = [*Path(__file__).resolve().parents[1].joinpath("src", "erpsync", "sync").glob("*.py")]
-SOURCES.append(Path(__file__).resolve().parents[1] / "src" / "erpsync" / "cli" / "sync.py")
-
 
 def run(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(cli, ["--lang", "en", *args])
@@ -67,6 +64,13 @@ def test_errors_are_one_line_with_a_hint(tmp_path: Path) -> None:
     assert code == 1 and err.startswith("Error: unknown conflict policy sometimes\nTry: use one of: lww, ")
     result = CliRunner().invoke(cli, ["--lang", "fr", "sync", a, b, "--policy", "x=jamais"])
     assert result.stderr.startswith("Erreur : politique de conflit inconnue : jamais\nEssayez : ")
+    code, _, err = run("sync", a, "http://[::1")
+    assert code == 1 and err.startswith("Error: http://[::1 is not a valid peer address: Invalid IPv6 URL\n")
+    # a password in a peer's URL is shown and recorded as ***
+    code, _, err = run("sync", a, "postgresql+psycopg://erp:S3CRET@127.0.0.1:1/erp")
+    assert code == 1 and "S3CRET" not in err
+    code, out, _ = run("sync", "history", a)
+    assert code == 0 and "erp:***@127.0.0.1:1" in out and "S3CRET" not in out
 
 
 def test_manual_conflict_listed_shown_and_resolved_from_the_cli(tmp_path: Path) -> None:

@@ -406,6 +406,11 @@ def _node_counters(db: Database) -> dict[str, Any] | None:
     return None if row is None else dict(row._mapping)
 
 
+def is_sync_node(db: Database) -> bool:
+    """Whether ``db`` is a sync node (what a restore must tell its user)."""
+    return _node_counters(db) is not None
+
+
 def _keep_counters(db: Database, before: dict[str, Any]) -> None:
     """Move a restored node's counters back up to where they were before the restore.
 

@@ -549,6 +549,9 @@ FRENCH: dict[str, str] = {
     "The journal (tb_Logs) records {n} renumberings (SYNC_RENUMBER).": "Le journal (tb_Logs) enregistre {n} renumérotations (SYNC_RENUMBER).",
     "Order {order}: status {status} on every node: the later edit wins (lww, column by column).": "Commande {order} : statut {status} sur tous les nœuds : la modification la plus récente l'emporte (lww, colonne par colonne).",
     "The demo's nodes are in {folder}. To go on:": "Les nœuds de la démo sont dans {folder}. Pour continuer :",
+    "{url} is not a valid peer address: {reason}": "{url} n'est pas une adresse de pair valide : {reason}",
+    "write http(s)://host:port, ssh://user@host/path, file:///shared/folder or a database URL": "écrivez http(s)://hôte:port, ssh://utilisateur@hôte/chemin, file:///dossier/partagé ou une URL de base de données",
+    "{db} is a sync node: its peers do not send it back its own changes made since the backup; to get them back, run erpsync verify {db} PEER --repair with each peer.": "{db} est un nœud de synchronisation : ses pairs ne lui renvoient pas ses propres modifications faites depuis la sauvegarde ; pour les récupérer, lancez erpsync verify {db} PAIR --repair avec chaque pair.",
 }
 
 

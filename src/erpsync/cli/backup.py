@@ -7,7 +7,14 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from erpsync.backup import create_backup, default_folder, list_backups, restore_backup, verify_backup
+from erpsync.backup import (
+    create_backup,
+    default_folder,
+    is_sync_node,
+    list_backups,
+    restore_backup,
+    verify_backup,
+)
 from erpsync.cli.output import DB_ARGUMENT, console
 from erpsync.db import open_database
 from erpsync.i18n import tr
@@ -98,3 +105,11 @@ def restore_command(db: str, path: Path, folder: Path | None, force: bool) -> No
             before=str(before),
         )
     )
+    if is_sync_node(database):
+        console.print(
+            tr(
+                "{db} is a sync node: its peers do not send it back its own changes made since the "
+                "backup; to get them back, run erpsync verify {db} PEER --repair with each peer.",
+                db=database.name,
+            )
+        )

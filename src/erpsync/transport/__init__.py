@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
+from erpsync.errors import InvalidArgument
 from erpsync.sync.peer import LocalPeer, Peer
 
 TOKEN_ENV = "ERPSYNC_TOKEN"
@@ -29,14 +30,36 @@ class PeerAddress:
     @property
     def scheme(self) -> str:
         """``http``, ``https``, ``ssh``, ``file``, or ``""`` for a database."""
-        scheme = urlsplit(self.url).scheme.split("+")[0].lower() if "://" in self.url else ""
+        scheme = self.url.split("://", 1)[0].split("+")[0].lower() if "://" in self.url else ""
         return scheme if scheme in ("http", "https", "ssh", "file") else ""
+
+
+def shown(url: str) -> str:
+    """``url`` as messages and the sync history show it: a password in it becomes ``***``."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{password}@", ":***@", 1)))
 
 
 def open_peer(address: PeerAddress | str) -> Peer:
     """The peer at ``address``; a plain string takes its token from ``ERPSYNC_TOKEN``."""
     if isinstance(address, str):
         address = PeerAddress(address, os.environ.get(TOKEN_ENV) or None)
+    if "://" in address.url:
+        try:
+            _ = urlsplit(address.url).port
+        except ValueError as exc:
+            raise InvalidArgument(
+                "{url} is not a valid peer address: {reason}",
+                "write http(s)://host:port, ssh://user@host/path, file:///shared/folder or a database URL",
+                url=shown(address.url),
+                reason=str(exc),
+            ) from None
     if address.scheme in ("http", "https"):
         from erpsync.transport.http import HttpPeer  # httpx is loaded only for network peers
 
