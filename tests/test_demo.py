@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def test_demo_syncs_two_pcs_through_an_http_hub_and_settles_every_collision(tmp_
     assert contents[1] == contents[0] and contents[2] == contents[0]
     config = load_config(folder / "pc-accueil.toml")
     assert config.node.name == "PC-ACCUEIL" and config.peers[0].name == "SERVEUR"
+    if os.name == "posix":  # the files hold tokens: readable by their owner only
+        assert (folder / "pc-accueil.toml").stat().st_mode & 0o077 == 0
 
 
 def test_demo_refuses_to_overwrite_an_earlier_demo(tmp_path: Path) -> None:

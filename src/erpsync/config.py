@@ -353,6 +353,12 @@ def import_legacy(file: Path, *, database: str | None = None, name: str | None =
     )
 
 
+def save_config(config: Config, path: Path, *, origin: str) -> None:
+    """Write ``config`` to ``path``, readable by its owner only: it may hold tokens."""
+    path.write_text(to_toml(config, origin=origin), encoding="utf-8")
+    path.chmod(0o600)
+
+
 def to_toml(config: Config, *, origin: str = "Converted by erpsync config import-legacy") -> str:
     """A configuration as TOML text (for import-legacy and the demo), its first line saying who wrote it."""
     lines = [

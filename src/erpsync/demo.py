@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import text
 
 from erpsync import numbering
-from erpsync.config import ClientConfig, Config, NodeConfig, PeerConfig, ServeConfig, to_toml
+from erpsync.config import ClientConfig, Config, NodeConfig, PeerConfig, ServeConfig, save_config
 from erpsync.db import Database, open_database
 from erpsync.errors import InvalidArgument
 from erpsync.fill import fill
@@ -279,6 +279,4 @@ def _write_configs(folder: Path, paths: dict[str, Path], tokens: dict[str, str])
         },
     }
     for name, config in configs.items():
-        (folder / f"{FILES[name]}.toml").write_text(
-            to_toml(config, origin="Written by erpsync demo"), encoding="utf-8"
-        )
+        save_config(config, folder / f"{FILES[name]}.toml", origin="Written by erpsync demo")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from erpsync.cli.output import console
-from erpsync.config import DEFAULT_PATH, import_legacy, load_config, to_toml, write_example
+from erpsync.config import DEFAULT_PATH, import_legacy, load_config, save_config, write_example
 from erpsync.errors import InvalidArgument
 from erpsync.i18n import tr
 
@@ -72,7 +72,7 @@ def import_legacy_command(
         raise InvalidArgument(
             "{path} already exists", "choose another path, or overwrite it with --force", path=str(out)
         )
-    out.write_text(to_toml(converted), encoding="utf-8")
+    save_config(converted, out, origin="Converted by erpsync config import-legacy")
     console.print(
         tr(
             "Wrote {path} from {legacy}: {peers} peers, a sync every {interval} s.",
