@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,19 +43,14 @@ class DemoResult:
 
     folder: Path
     databases: dict[str, Path]
-    url: str
     converged: bool
-    outcomes: list[str] = field(default_factory=list)
 
 
-def run_demo(
-    folder: Path, *, force: bool = False, say: Narrator | None = None, http: bool = True
-) -> DemoResult:
-    """Build the three nodes in ``folder``, edit offline, sync through the hub, and check the result.
+def run_demo(folder: Path, *, force: bool = False, say: Narrator | None = None) -> DemoResult:
+    """Build the three nodes in ``folder``, edit offline, sync through the hub over HTTP on
+    loopback, and check the result."""
+    from erpsync.transport.server import running  # FastAPI loads only when a demo runs
 
-    ``http=False`` syncs the PCs with the hub's database directly (same library
-    path minus the network).
-    """
     narrate: Narrator = say or (lambda message, summary: None)
     folder = Path(folder)
     paths = {name: folder / f"{base}.sqlite" for name, base in FILES.items()}
@@ -65,7 +59,7 @@ def run_demo(
     try:
         _set_up(dbs, narrate)
         tokens = {PC1: secrets.token_urlsafe(16), PC2: secrets.token_urlsafe(16)}
-        with _hub(dbs[HUB], tokens, http) as url:
+        with running(dbs[HUB], tokens=tokens) as url:
             narrate(tr("The hub {hub} answers on {url}.", hub=HUB, url=url), None)
             for pc in (PC1, PC2):
                 narrate(tr("{pc} receives the hub's data.", pc=pc), _sync(dbs[pc], url, tokens[pc]))
@@ -73,8 +67,7 @@ def run_demo(
             narrate(tr("Both PCs come back online and sync with the hub, then {pc} once more.", pc=PC1), None)
             for pc in (PC1, PC2, PC1):
                 narrate("", _sync(dbs[pc], url, tokens[pc]))
-            outcomes = _outcomes(dbs, edits)
-            for line in outcomes:
+            for line in _outcomes(dbs, edits):
                 narrate(line, None)
             converged = all(verify(dbs[HUB], dbs[pc]).same for pc in (PC1, PC2))
             narrate(
@@ -84,7 +77,7 @@ def run_demo(
                 None,
             )
         _write_configs(folder, paths, tokens)
-        return DemoResult(folder, paths, url, converged, outcomes)
+        return DemoResult(folder, paths, converged)
     finally:
         for db in dbs.values():
             db.close()
@@ -127,18 +120,6 @@ def _set_up(dbs: dict[str, Database], narrate: Narrator) -> None:
         init_schema(dbs[pc])
         init_node(dbs[pc], pc)
     narrate(tr("{a} and {b} are two office PCs with an empty ERP database.", a=PC1, b=PC2), None)
-
-
-@contextmanager
-def _hub(db: Database, tokens: dict[str, str], http: bool) -> Iterator[str]:
-    """The hub's address: an HTTP server on loopback, or its database."""
-    if not http:
-        yield db.url.render_as_string(hide_password=True)
-        return
-    from erpsync.transport.server import running
-
-    with running(db, tokens=tokens) as url:
-        yield url
 
 
 def _sync(db: Database, url: str, token: str) -> SyncSummary:

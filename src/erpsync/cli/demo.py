@@ -36,3 +36,5 @@ def demo_command(folder: Path, force: bool) -> None:
     console.print(f"  erpsync --config {pc} sync {PC1} {HUB}")
     console.print(f"  erpsync --config {pc} status")
     console.print(f"  erpsync verify {result.databases[PC1]} {result.databases[HUB]}")
+    if not result.converged:
+        raise SystemExit(1)
