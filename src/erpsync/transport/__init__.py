@@ -52,7 +52,7 @@ def open_peer(address: PeerAddress | str) -> Peer:
         address = PeerAddress(address, os.environ.get(TOKEN_ENV) or None)
     if "://" in address.url:
         try:
-            _ = urlsplit(address.url).port
+            urlsplit(address.url)  # each transport checks the rest of its address
         except ValueError as exc:
             raise InvalidArgument(
                 "{url} is not a valid peer address: {reason}",
