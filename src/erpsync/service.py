@@ -43,7 +43,7 @@ from erpsync.i18n import tr
 from erpsync.progress import ProgressCallback
 from erpsync.sync.policies import PolicyOverride
 from erpsync.sync.session import SyncSummary, sync
-from erpsync.transport import PeerAddress
+from erpsync.transport import PeerAddress, shown_url
 from erpsync.transport.folder import FolderSummary, read_json, write_json
 
 HEARTBEAT = 5.0
@@ -433,16 +433,6 @@ class Service:
             )
         for note in notes:
             self.say(tr("{peer}: {reason}", peer=name, reason=note))
-
-
-def shown_url(url: str) -> str:
-    """A peer's URL without a password, as the state file keeps it."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        credentials, _, host = rest.rpartition("@")
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}://{user}@{host}"
-    return url
 
 
 def run(

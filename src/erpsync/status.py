@@ -26,12 +26,11 @@ from erpsync.backup import Backup, default_folder, list_backups
 from erpsync.db import Database
 from erpsync.errors import AuthenticationFailed, BadUrl, ConnectionFailed, DatabaseNotFound, ErpSyncError
 from erpsync.i18n import tr
-from erpsync.service import shown_url
 from erpsync.sync import fingerprint, history
 from erpsync.sync.meta import CONFLICTS, PEERS, log_name
 from erpsync.sync.node import SELF, Node
 from erpsync.sync.peer import PROTOCOL
-from erpsync.transport import PeerAddress, open_peer
+from erpsync.transport import PeerAddress, open_peer, shown_url
 from erpsync.transport.folder import FORMAT, probe
 
 
@@ -168,7 +167,7 @@ def check_peer(db: Database, address: PeerAddress) -> PeerCheck:
     if address.scheme == "file":
         return _test_folder(check, db, address)
     try:
-        peer = open_peer(address)
+        peer = open_peer(address, retries=0)  # reachable now or not: no waiting on retries
     except ErpSyncError as exc:
         return _failed(check, exc)
     try:

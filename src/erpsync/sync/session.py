@@ -40,7 +40,7 @@ from erpsync.sync.changeset import ALIVE, BATCH_ROWS, GONE, Batch
 from erpsync.sync.node import Node
 from erpsync.sync.peer import Hello, LocalPeer, Peer
 from erpsync.sync.policies import PolicyOverride, swap
-from erpsync.transport import PeerAddress, open_peer, shown
+from erpsync.transport import PeerAddress, open_peer, shown_url
 
 ProgressCallback = Callable[[str, int, int], None]
 MAX_DEPTH = 20
@@ -190,8 +190,8 @@ def _name_of(peer: Database | str | PeerAddress | Peer) -> str | None:
     if isinstance(peer, Database):
         return peer.name
     if isinstance(peer, PeerAddress):
-        return peer.name or shown(peer.url)
-    return shown(peer) if isinstance(peer, str) else None
+        return peer.name or shown_url(peer.url)
+    return shown_url(peer) if isinstance(peer, str) else None
 
 
 def _finish(run: history.Run, summary: SyncSummary, error: BaseException | None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from erpsync.errors import InvalidArgument
@@ -34,7 +35,7 @@ class PeerAddress:
         return scheme if scheme in ("http", "https", "ssh", "file") else ""
 
 
-def shown(url: str) -> str:
+def shown_url(url: str) -> str:
     """``url`` as messages and the sync history show it: a password in it becomes ``***``."""
     try:
         parts = urlsplit(url)
@@ -46,8 +47,13 @@ def shown(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{password}@", ":***@", 1)))
 
 
-def open_peer(address: PeerAddress | str) -> Peer:
-    """The peer at ``address``; a plain string takes its token from ``ERPSYNC_TOKEN``."""
+def open_peer(address: PeerAddress | str, *, retries: int | None = None) -> Peer:
+    """The peer at ``address``; a plain string takes its token from ``ERPSYNC_TOKEN``.
+
+    ``retries``: how often a network peer tries again after a network error
+    (default: the transport's own).
+    """
+    again: dict[str, Any] = {} if retries is None else {"retries": retries}
     if isinstance(address, str):
         address = PeerAddress(address, os.environ.get(TOKEN_ENV) or None)
     if "://" in address.url:
@@ -57,17 +63,17 @@ def open_peer(address: PeerAddress | str) -> Peer:
             raise InvalidArgument(
                 "{url} is not a valid peer address: {reason}",
                 "write http(s)://host:port, ssh://user@host/path, file:///shared/folder or a database URL",
-                url=shown(address.url),
+                url=shown_url(address.url),
                 reason=str(exc),
             ) from None
     if address.scheme in ("http", "https"):
         from erpsync.transport.http import HttpPeer  # httpx is loaded only for network peers
 
-        return HttpPeer(address.url, address.token, name=address.name)
+        return HttpPeer(address.url, address.token, name=address.name, **again)
     if address.scheme == "ssh":  # SSH authenticates (keys): no token
         from erpsync.transport.ssh import SshPeer
 
-        return SshPeer(address.url, name=address.name)
+        return SshPeer(address.url, name=address.name, **again)
     if address.scheme == "file":  # many nodes' files, not one node: see erpsync.transport.folder
         from erpsync.transport.folder import NotALivePeer
 

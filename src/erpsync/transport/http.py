@@ -31,7 +31,7 @@ from erpsync.sync import changeset
 from erpsync.sync.apply import ApplyResult, PolicyMap
 from erpsync.sync.changeset import Batch, Cursors
 from erpsync.sync.peer import PROTOCOL, Hello
-from erpsync.transport import shown, wire
+from erpsync.transport import shown_url, wire
 
 Model = TypeVar("Model", bound=BaseModel)
 GZIP_ABOVE = 16 * 1024
@@ -72,7 +72,7 @@ class HttpPeer:
             raise InvalidArgument(
                 "{url} is not the address of a served node",
                 "write http://host:port or https://host:port, the address erpsync serve prints",
-                url=shown(url),
+                url=shown_url(url),
             )
         self.url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
         self.name = name
@@ -96,7 +96,7 @@ class HttpPeer:
     @property
     def label(self) -> str:
         """The peer's node name (once known) and its URL."""
-        url = shown(self.url)
+        url = shown_url(self.url)
         return f"{self.name} ({url})" if self.name else url
 
     # -- Peer ------------------------------------------------------------------------------------
