@@ -34,6 +34,7 @@ from erpsync.sync import changeset
 from erpsync.sync.node import Node
 from erpsync.sync.peer import LocalPeer
 from erpsync.sync.session import sync
+from erpsync.sync.verify import verify
 from erpsync.transport import PeerAddress, open_peer, wire
 from erpsync.transport.http import HttpPeer, NotAPeer, PeerUnreachable, TlsFailed, TokenRefused
 from erpsync.transport.server import NoAuthentication, create_app, running, serving
@@ -559,6 +560,7 @@ def test_openapi_describes_every_operation_and_the_token(tmp_path: Path) -> None
         "POST /v1/advance",
         "POST /v1/apply",
         "POST /v1/met",
+        "POST /v1/verify",
     }
     assert paths["/v1/apply"]["post"]["security"] == [{"token": []}]
     assert "security" not in paths["/health"]["get"]
@@ -599,3 +601,60 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
                     call()
     assert calls > 200
     assert failures == []
+
+
+# -- verify over HTTP ------------------------------------------------------------------------------
+
+
+def _diverge(db: Database, name: str) -> None:
+    """A write that bypasses capture (as if the triggers had been dropped meanwhile)."""
+    with db.begin() as conn:
+        db.dialect.mute_capture(conn)
+        conn.exec_driver_sql(
+            f"UPDATE tb_Client SET RaisonSociale = '{name}' WHERE id = (SELECT min(id) FROM tb_Client)"
+        )
+        db.dialect.unmute_capture(conn)
+
+
+def test_verify_over_http_lists_the_rows_that_differ_and_repairs_them(tmp_path: Path) -> None:
+    with nodes(tmp_path, "sqlite", "sqlite", scale=1) as (hub, pc), running(hub, tokens=TOKENS) as url:
+        server = PeerAddress(url, TOKENS["pc2"])
+        sync(pc, server)
+        report = verify(pc, server)
+        assert report.same and report.there == f"pc1 ({url})"
+        assert report.tables["tb_Client"].rows_there == report.tables["tb_Client"].rows_here > 0
+        _diverge(pc, "Divergente")
+        report = verify(pc, server)
+        assert not report.same
+        different = report.tables["tb_Client"].different
+        assert len(different) == 1 and not report.tables["tb_Client"].only_here
+        report = verify(pc, server, repair=True)
+        assert report.repaired == 1
+        assert verify(pc, server).same
+        assert value(hub, "SELECT count(*) FROM tb_Client WHERE RaisonSociale = 'Divergente'") == 1
+
+
+def test_verify_command_takes_an_http_peer_and_its_token_from_the_configuration(tmp_path: Path) -> None:
+    with nodes(tmp_path, "sqlite", "sqlite", scale=1) as (hub, pc), running(hub, tokens=TOKENS) as url:
+        config = tmp_path / "erpsync.toml"
+        config.write_text(
+            f'[node]\nname = "pc2"\ndatabase = "{url_of(pc)}"\n\n'
+            f'[[peers]]\nname = "SERVEUR"\nurl = "{url}"\ntoken = "{TOKENS["pc2"]}"\n',
+            encoding="utf-8",
+        )
+        env = {"ERPSYNC_CONFIG": str(config)}
+        runner = CliRunner()
+        assert runner.invoke(cli, ["--lang", "en", "sync", "pc2", "SERVEUR"], env=env).exit_code == 0
+        result = runner.invoke(cli, ["--lang", "en", "verify", "pc2", "SERVEUR"], env=env)
+        assert result.exit_code == 0 and "Same rows on both nodes." in result.stdout
+        _diverge(hub, "Divergente sur le serveur")
+        result = runner.invoke(cli, ["--lang", "en", "verify", "pc2", "SERVEUR"], env=env)
+        assert result.exit_code == 1 and "different" in result.stdout
+        result = runner.invoke(cli, ["--lang", "en", "verify", "pc2", url, "--repair"], env=env)
+        assert result.exit_code == 1, "a URL given directly takes its token from ERPSYNC_TOKEN"
+        env["ERPSYNC_TOKEN"] = TOKENS["pc1"]
+        result = runner.invoke(cli, ["--lang", "en", "verify", "pc2", url, "--repair"], env=env)
+        assert result.exit_code == 0, result.output
+        assert "Repaired 1 rows." in result.stdout
+        assert result.stdout.rstrip().endswith("Same rows on both nodes.")
+        assert value(hub, "SELECT count(*) FROM tb_Client WHERE RaisonSociale LIKE 'Divergente%'") == 0

@@ -31,6 +31,7 @@ from erpsync.status import check_peer
 from erpsync.sync.node import Node
 from erpsync.sync.peer import PROTOCOL, LocalPeer
 from erpsync.sync.session import sync
+from erpsync.sync.verify import verify
 from erpsync.transport import PeerAddress, open_peer, stdio, wire
 from erpsync.transport.http import NotAPeer, PeerUnreachable, TokenRefused
 from erpsync.transport.ssh import SSH_ENV, KeyRefused, RemoteErpsyncMissing, SshAddress, SshPeer
@@ -206,6 +207,22 @@ def test_a_pc_syncs_with_a_node_over_ssh_and_both_converge(
         check = check_peer(pc, address)  # erpsync peers test, through the address
         assert check.ok and check.reachable and check.authenticated and check.schema, check
         assert check.node == "pc1" and check.version is not None
+
+
+def test_verify_over_ssh_finds_the_row_that_differs_and_repairs_it(server: Sshd, tmp_path: Path) -> None:
+    with nodes(tmp_path, "sqlite", "sqlite", scale=1) as (hub, pc):
+        url = remote(server, hub, tmp_path)
+        sync(pc, url)
+        assert verify(pc, url).same
+        with hub.begin() as conn:  # a write that bypasses capture (the triggers dropped meanwhile)
+            hub.dialect.mute_capture(conn)
+            conn.exec_driver_sql("UPDATE tb_Client SET RaisonSociale = 'Divergente' WHERE id = 2")
+            hub.dialect.unmute_capture(conn)
+        report = verify(pc, url)
+        assert len(report.tables["tb_Client"].different) == 1 and report.there.startswith("pc1 (ssh://")
+        assert verify(pc, url, repair=True).repaired == 1
+        assert verify(pc, url).same
+        assert value(hub, "SELECT count(*) FROM tb_Client WHERE RaisonSociale = 'Divergente'") == 0
 
 
 def test_a_push_of_thousands_of_rows_in_small_batches(server: Sshd, tmp_path: Path) -> None:

@@ -81,6 +81,8 @@ FRENCH: dict[str, str] = {
     "apply the files of the nodes it came from first": "appliquez d'abord les fichiers des nœuds dont elles viennent",
     "{url} is a shared folder, not a node that answers": "{url} est un dossier partagé, pas un nœud qui répond",
     "sync with it with erpsync sync DB {url} or the service: its files are exchanged": "synchronisez-vous avec lui par erpsync sync BASE {url} ou le service : ses fichiers sont échangés",
+    "{peer} cannot be compared with verify": "{peer} ne peut pas être comparé par verify",
+    "give a database, an http(s):// address (erpsync serve) or an ssh:// address": "donnez une base, une adresse http(s):// (erpsync serve) ou une adresse ssh://",
     # sync service (erpsync.service, erpsync service run/status)
     "the service already runs with {config} (process {pid} on {host}, seen at {when})": "le service tourne déjà avec {config} (processus {pid} sur {host}, vu à {when})",
     "stop it first; see it with: erpsync service status": "arrêtez-le d'abord ; voyez-le avec : erpsync service status",

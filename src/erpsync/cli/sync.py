@@ -26,7 +26,6 @@ from erpsync.transport import PeerAddress
 from erpsync.transport.folder import FolderSummary
 
 PEER_ARGUMENT = click.argument("peer", metavar="PEER", callback=resolve_peer)
-DB_PEER_ARGUMENT = click.argument("peer", metavar="PEER", callback=resolve_database)
 POLICY_OPTION = click.option(
     "--policy",
     "policies",
@@ -466,10 +465,13 @@ def conflicts_resolve(db: str, conflict_id: int, take: str) -> None:
 
 @click.command("verify")
 @DB_ARGUMENT
-@DB_PEER_ARGUMENT
+@PEER_ARGUMENT
 @click.option("--repair", is_flag=True, help="Fix the rows that differ through the normal apply path.")
-def verify_command(db: str, peer: str, repair: bool) -> None:
-    """Compare the synced tables of DB and PEER, across engines, and list the rows that differ."""
+def verify_command(db: str, peer: PeerAddress, repair: bool) -> None:
+    """Compare the synced tables of DB and PEER, across engines, and list the rows that differ.
+
+    PEER is a database, or a node served over http(s):// or ssh://, as for sync.
+    """
     with open_database(db) as database:
         with progress_bar() as progress:
             report = verify(database, peer, repair=repair, progress=progress)

@@ -17,7 +17,7 @@ import random
 import ssl
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -31,6 +31,7 @@ from erpsync.sync import changeset
 from erpsync.sync.apply import ApplyResult, PolicyMap
 from erpsync.sync.changeset import Batch, Cursors
 from erpsync.sync.peer import PROTOCOL, Hello
+from erpsync.sync.verify import Sums
 from erpsync.transport import shown_url, wire
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -175,6 +176,13 @@ class HttpPeer:
 
     def close(self) -> None:
         self.client.close()
+
+    # -- verify ----------------------------------------------------------------------------------
+
+    def verify(self, table: str, buckets: int = 0, wanted: Collection[int] | None = None) -> Sums:
+        """A synced table's sums, computed by the served node (``erpsync.sync.verify.Sums``)."""
+        request = wire.VerifyIn(table=table, buckets=buckets, wanted=None if wanted is None else list(wanted))
+        return wire.verify_in(self._call("POST", "/verify", wire.VerifyOut, body=request))
 
     # -- requests --------------------------------------------------------------------------------
 

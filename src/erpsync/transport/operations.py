@@ -21,6 +21,7 @@ from erpsync.db import Database
 from erpsync.sync.model import SyncTable, UnknownTable
 from erpsync.sync.node import VERSION, Node, upgrade
 from erpsync.sync.peer import LocalPeer
+from erpsync.sync.verify import sums
 from erpsync.transport import wire
 
 
@@ -154,6 +155,11 @@ class Operations:
         self._peer().met(request.node_id, request.name, request.url)
         return wire.Done()
 
+    def verify(self, request: wire.VerifyIn) -> wire.VerifyOut:
+        """A synced table's row count, bucket checksums or row hashes, for ``erpsync verify``."""
+        node = self._peer().node
+        return wire.verify_out(sums(node, node.table(request.table), request.buckets, request.wanted))
+
     def call(self, op: str, args: Mapping[str, Any]) -> BaseModel | Iterator[bytes]:
         """Operation ``op`` with its arguments as a stream channel (SSH) carries them.
 
@@ -186,5 +192,6 @@ _CALLS: dict[str, tuple[type[BaseModel] | None, _Method]] = {
     "advance": (wire.AdvanceIn, Operations.advance),
     "apply": (wire.ApplyIn, Operations.apply),
     "met": (wire.MetIn, Operations.met),
+    "verify": (wire.VerifyIn, Operations.verify),
 }
 """Each operation a ``wire.CallIn`` names: the model of its arguments, and the method answering it."""

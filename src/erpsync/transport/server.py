@@ -287,6 +287,11 @@ def create_app(
         """Record a sync with a node."""
         return ops.met(request)
 
+    @app.post(f"{wire.PREFIX}/verify", response_model=wire.VerifyOut, responses=errors, tags=["verify"])
+    def verify(request: wire.VerifyIn) -> wire.VerifyOut:
+        """A synced table's row count; its bucket checksums, or the row hashes of the wanted buckets."""
+        return ops.verify(request)
+
     _install_error_handlers(app)
     _document_security(app, bool(tokens))
     app.add_middleware(GZipMiddleware, minimum_size=4096, compresslevel=wire.GZIP_LEVEL)

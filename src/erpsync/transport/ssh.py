@@ -33,7 +33,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +48,7 @@ from erpsync.sync import changeset
 from erpsync.sync.apply import ApplyResult, PolicyMap
 from erpsync.sync.changeset import Batch, Cursors
 from erpsync.sync.peer import PROTOCOL, Hello
+from erpsync.sync.verify import Sums
 from erpsync.transport import stdio, wire
 from erpsync.transport.http import NotAPeer, PeerUnreachable, TokenRefused
 
@@ -452,6 +453,11 @@ class SshPeer:
 
     def met(self, node_id: str, name: str, url: str | None) -> None:
         self._call("met", wire.MetIn(node_id=node_id, name=name, url=url), wire.Done)
+
+    def verify(self, table: str, buckets: int = 0, wanted: Collection[int] | None = None) -> Sums:
+        """A synced table's sums, computed by the remote node (``erpsync.sync.verify.Sums``)."""
+        request = wire.VerifyIn(table=table, buckets=buckets, wanted=None if wanted is None else list(wanted))
+        return wire.verify_in(self._call("verify", request, wire.VerifyOut))
 
     def close(self) -> None:
         """End the connection: the remote erpsync sees its stdin close and stops."""

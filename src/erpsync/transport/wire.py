@@ -41,6 +41,7 @@ from erpsync.sync.model import SyncTable
 from erpsync.sync.node import NotANode, SchemaChanged
 from erpsync.sync.peer import PROTOCOL, Hello
 from erpsync.sync.policies import POLICIES
+from erpsync.sync.verify import MAX_BUCKETS, Sums
 
 PREFIX = "/v1"
 """Every operation's path starts with it; a new protocol gets a new prefix."""
@@ -175,6 +176,26 @@ class MetIn(_Wire):
     url: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
 
 
+class VerifyIn(_Wire):
+    """One synced table's sums for ``erpsync verify``: see ``erpsync.sync.verify.Sums``."""
+
+    table: TableName
+    buckets: int = Field(default=0, ge=0, le=MAX_BUCKETS, description="0: the row count only")
+    wanted: list[Annotated[int, Field(ge=0, lt=MAX_BUCKETS)]] | None = Field(
+        default=None, max_length=MAX_BUCKETS, description="the buckets whose row hashes are wanted"
+    )
+
+
+class VerifyOut(_Wire):
+    """The row count, and the bucket checksums or the wanted buckets' row hashes."""
+
+    rows: int
+    checksums: list[tuple[int, int, int]] = Field(
+        default_factory=list, description="(bucket, rows, sum of row hashes modulo 2**64)"
+    )
+    hashes: dict[str, int] = Field(default_factory=dict, description="global id: row hash")
+
+
 class Done(_Wire):
     """An operation that returns nothing succeeded."""
 
@@ -192,7 +213,7 @@ class ErrorOut(_Wire):
     params: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
 
 
-Operation = Literal["hello", "cursors", "plan", "changes", "fetch", "advance", "apply", "met"]
+Operation = Literal["hello", "cursors", "plan", "changes", "fetch", "advance", "apply", "met", "verify"]
 
 
 class CallIn(_Wire):
@@ -265,6 +286,18 @@ def apply_in(data: ApplyOut) -> ApplyResult:
     """An apply result as received."""
     known = {f.name for f in fields(ApplyResult)}
     return ApplyResult(**{k: v for k, v in data.model_dump().items() if k in known})
+
+
+def verify_out(sums: Sums) -> VerifyOut:
+    """A table's verify sums as sent."""
+    checksums = [(bucket, rows, total) for bucket, (rows, total) in sorted(sums.checksums.items())]
+    return VerifyOut(rows=sums.rows, checksums=checksums, hashes=sums.hashes)
+
+
+def verify_in(data: VerifyOut) -> Sums:
+    """A table's verify sums as received."""
+    checksums = {bucket: (rows, total) for bucket, rows, total in data.checksums}
+    return Sums(data.rows, checksums, dict(data.hashes))
 
 
 def batch_text(batch: Batch) -> str:
