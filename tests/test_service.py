@@ -59,7 +59,7 @@ def test_a_down_peer_is_backed_off_and_the_other_is_synced(tmp_path: Path) -> No
             if state.cycles >= 6:
                 raise KeyboardInterrupt
 
-        state = service.run(config, interval=0.3, jitter=0, say=lines.append, on_cycle=after_cycle)
+        state = service.Service(config, interval=0.3, jitter=0, say=lines.append, on_cycle=after_cycle).run()
         same(pc1, pc2)
         assert value(pc1, "SELECT count(*) FROM tb_Projet WHERE NumProjet = 'PRJ-NEW'") == 1
         assert state.cycles == 6 and not state.running and state.stopped
@@ -107,7 +107,7 @@ def test_ctrl_c_between_syncs_stops_at_once(tmp_path: Path) -> None:
             raise KeyboardInterrupt
 
         started = time.monotonic()
-        state = service.run(config, interval=60, jitter=0, on_cycle=ctrl_c)
+        state = service.Service(config, interval=60, jitter=0, on_cycle=ctrl_c).run()
         assert time.monotonic() - started < 10
         assert state.cycles == 1 and not state.running and state.next_run is None
         assert not service.status(config).running
@@ -124,11 +124,11 @@ def test_a_stop_during_a_sync_takes_effect_after_the_current_batch(tmp_path: Pat
                 batches.append(done)
                 stop.set()  # what the first Ctrl-C does in the CLI
 
-        state = service.run(config, interval=60, stop=stop, progress=first_batch_then_ctrl_c)
+        state = service.Service(config, interval=60, stop=stop, progress=first_batch_then_ctrl_c).run()
         assert len(batches) == 1 and state.peers["pc2"].result == "interrupted"
         assert value(pc1, "SELECT count(*) FROM tb_Utilisateur") > 0
         assert value(pc1, "SELECT count(*) FROM tb_LigneCommande") == 0
-        state = service.run(config, once=True)  # the next run resumes where it stopped
+        state = service.Service(config).run(once=True)  # the next run resumes where it stopped
         assert state.peers["pc2"].result == "ok"
         same(pc1, pc2)
 
@@ -144,7 +144,7 @@ def test_a_folder_peer_and_a_second_service_refused(tmp_path: Path) -> None:
                 write_config(tmp_path / f"pc{i}" / "erpsync.toml", db, {"dossier": folder.as_uri()})
             )
         for config in (*configs, configs[0]):
-            assert service.run(config, once=True).peers["dossier"].result == "ok"
+            assert service.Service(config).run(once=True).peers["dossier"].result == "ok"
         same(pc1, pc2)
         # another process's service, alive: refused
         path = service.state_path(configs[0])
@@ -153,7 +153,7 @@ def test_a_folder_peer_and_a_second_service_refused(tmp_path: Path) -> None:
         path.write_text(json.dumps(data), encoding="utf-8")
         assert service.status(configs[0]).running
         with pytest.raises(ServiceRunning, match="already runs"):
-            service.run(configs[0], once=True)
+            service.Service(configs[0]).run(once=True)
         # once its heartbeat is old, it is known to have stopped without a word
         data["heartbeat"] = "2020-01-01T00:00:00+00:00"
         path.write_text(json.dumps(data), encoding="utf-8")

@@ -204,7 +204,12 @@ def backoff(failures: int, interval: float) -> float:
 
 
 class Service:
-    """One service run: its configuration, its state file, its stop flag."""
+    """One service run: its configuration, its state file, its stop flag.
+
+    ``interval`` and ``jitter`` override the file's (tests use fractions of a
+    second); ``say`` gets one line per sync, in the user's language;
+    ``on_cycle`` is called after each cycle but the last.
+    """
 
     def __init__(
         self,
@@ -433,32 +438,3 @@ class Service:
             )
         for note in notes:
             self.say(tr("{peer}: {reason}", peer=name, reason=note))
-
-
-def run(
-    config_path: Path = DEFAULT_PATH,
-    *,
-    once: bool = False,
-    interval: float | None = None,
-    jitter: float | None = None,
-    stop: threading.Event | None = None,
-    say: Callable[[str], None] | None = None,
-    progress: ProgressCallback | None = None,
-    on_cycle: Callable[[ServiceState], None] | None = None,
-) -> ServiceState:
-    """Run the sync service of ``config_path`` until Ctrl-C or ``stop`` is set (one cycle with ``once``).
-
-    ``interval`` and ``jitter`` override the file's (tests use fractions of a
-    second); ``say`` gets one line per sync, in the user's language;
-    ``on_cycle`` is called after each cycle but the last.
-    """
-    service = Service(
-        config_path,
-        interval=interval,
-        jitter=jitter,
-        stop=stop,
-        say=say,
-        progress=progress,
-        on_cycle=on_cycle,
-    )
-    return service.run(once=once)

@@ -85,7 +85,7 @@ def run_command(ctx: click.Context, once: bool, log_file: Path | None) -> None:
                 out.write(stamped + "\n")
 
     with _ctrl_c(stop, say):
-        state = service.run(config_path(ctx), once=once, stop=stop, say=say)
+        state = service.Service(config_path(ctx), stop=stop, say=say).run(once=once)
     if once and any(p.result == service.FAILED for p in state.peers.values()):
         raise click.exceptions.Exit(1)
 
