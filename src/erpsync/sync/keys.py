@@ -106,26 +106,9 @@ def settle(rows: TableRows, incoming: Sequence[Incoming], manual: bool) -> Colli
                 other = wanted.get(_norm(value))
                 if other is not None:  # twice in one batch (values equal for a case-insensitive index)
                     later = max((other, candidate), key=lambda c: _stamp(c, slots))
-                    slot = slots[-1]
-                    old = later.values[slot]
-                    later.values[slot] = _fresh(rows, slot, old, taken_in_batch, incoming)
-                    later.stamps[slot] = None
-                    later.writes.add(slot)
-                    later.whole = False  # renumbered here: the sender must get the new number back
-                    out.renumbered.append(
-                        Renumbering(
-                            table.name,
-                            later.gid,
-                            later.key,
-                            table.columns[slot].name,
-                            old,
-                            later.values[slot],
-                            True,
-                            (other if later is candidate else candidate).gid,
-                            manual,
-                        )
-                    )
-                    taken_in_batch.add((slot, later.values[slot]))
+                    keeper = other if later is candidate else candidate
+                    new = _renumber(rows, later, slots[-1], keeper.gid, manual, taken_in_batch, incoming, out)
+                    taken_in_batch.add((slots[-1], new))
                     if later is other:
                         wanted[_norm(value)] = candidate
                     continue
@@ -143,41 +126,50 @@ def settle(rows: TableRows, incoming: Sequence[Incoming], manual: bool) -> Colli
             vacating = next((r for r in incoming if r.gid == holder_gid), None)
             if vacating is not None and _norm(tuple(vacating.values[i] for i in slots)) != value:
                 continue  # the holder gives the value up in this very batch
-            mine = max(
-                (s for s in (row.stamps[i] for i in slots) if s is not None), default=Stamp(1 << 62, "")
-            )
             theirs = max(rows.stamps(shadow)[i] for i in slots) if shadow is not None else Stamp(0, "")
             slot = slots[-1]
-            old = row.values[slot]
-            if manual or mine > theirs:
-                new = _fresh(rows, slot, old, taken_in_batch, incoming)
-                row.values[slot] = new
-                row.stamps[slot] = None
-                row.writes.add(slot)
-                row.whole = False  # renumbered here: the sender must get the new number back
-                out.renumbered.append(
-                    Renumbering(
-                        table.name,
-                        row.gid,
-                        row.key,
-                        table.columns[slot].name,
-                        old,
-                        new,
-                        True,
-                        holder_gid,
-                        manual,
-                    )
-                )
+            if manual or _stamp(row, slots) > theirs:
+                new = _renumber(rows, row, slot, holder_gid, manual, taken_in_batch, incoming, out)
             else:
                 new = _fresh(rows, slot, holder_values[slot], taken_in_batch, incoming)
                 out.local_changes.append((holder_key, holder_gid, {table.columns[slot].name: new}, slot))
                 out.renumbered.append(
                     Renumbering(
-                        table.name, holder_gid, holder_key, table.columns[slot].name, old, new, False, row.gid
+                        table.name,
+                        holder_gid,
+                        holder_key,
+                        table.columns[slot].name,
+                        row.values[slot],
+                        new,
+                        False,
+                        row.gid,
                     )
                 )
             taken_in_batch.add((slot, new))
     return out
+
+
+def _renumber(
+    rows: TableRows,
+    row: Incoming,
+    slot: int,
+    other_gid: str,
+    queued: bool,
+    taken: set[tuple[int, Any]],
+    incoming: Sequence[Incoming],
+    out: Collisions,
+) -> Any:
+    """Give incoming ``row`` a fresh value of column ``slot``, written with a new local clock."""
+    old = row.values[slot]
+    row.values[slot] = new = _fresh(rows, slot, old, taken, incoming)
+    row.stamps[slot] = None
+    row.writes.add(slot)
+    row.whole = False  # renumbered here: the sender must get the new number back
+    table = rows.table
+    out.renumbered.append(
+        Renumbering(table.name, row.gid, row.key, table.columns[slot].name, old, new, True, other_gid, queued)
+    )
+    return new
 
 
 def _norm(value: tuple[Any, ...]) -> tuple[Any, ...]:
