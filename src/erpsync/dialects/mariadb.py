@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,7 +13,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 
-from erpsync.dialects.base import Dialect, first_line, single_pk
+from erpsync.dialects.base import Dialect, column_list, driver_errors, first_line, single_pk
 from erpsync.errors import (
     AuthenticationFailed,
     ConnectionFailed,
@@ -27,6 +27,8 @@ CANNOT_CONNECT = {2002, 2003, 2005, 2006, 2013}
 ACCESS_DENIED = {1044, 1045, 1698}
 UNKNOWN_DATABASE = 1049
 DEADLOCK = {1213, 1205}  # deadlock found; lock wait timeout exceeded
+STATEMENT_CHARACTERS = 250_000
+"""Characters of a bulk ``INSERT``: at most 1 MB in UTF-8, what PyMySQL's ``executemany`` sends."""
 
 
 class MariaDB(Dialect):
@@ -47,6 +49,40 @@ class MariaDB(Dialect):
             "mysql_charset": "utf8mb4",
             "mysql_collate": "utf8mb4_unicode_ci",
         }
+
+    def bulk_insert(
+        self, conn: Connection, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> int:
+        """Multi-row ``INSERT``s whose values are rendered column by column.
+
+        PyMySQL binds parameters by writing them as literals on the client, and
+        its ``executemany`` looks up the type of every value: two thirds of a
+        bulk load's time. Here a column of integers or of text is rendered in
+        one pass with PyMySQL's own escaping, any other value by PyMySQL itself,
+        and the rows go in statements of at most 1 MB, as ``executemany`` sends.
+        """
+        batch = list(rows)
+        if not batch:
+            return 0
+        raw = conn.connection.dbapi_connection
+        head = f"INSERT INTO {column_list(conn, table, columns)} VALUES "
+        rendered = [
+            f"({','.join(values)})"
+            for values in zip(*[_literals(raw, column) for column in zip(*batch, strict=True)], strict=True)
+        ]
+        cursor = raw.cursor()  # type: ignore[union-attr]
+        try:
+            with driver_errors(conn, head):
+                start, size = 0, 0
+                for i, row in enumerate(rendered):
+                    if size + len(row) > STATEMENT_CHARACTERS and i > start:
+                        cursor.execute(head + ",".join(rendered[start:i]))
+                        start, size = i, 0
+                    size += len(row) + 1
+                cursor.execute(head + ",".join(rendered[start:]))
+        finally:
+            cursor.close()
+        return len(batch)
 
     def is_retryable(self, exc: DBAPIError) -> bool:
         return bool(exc.orig is not None and exc.orig.args and exc.orig.args[0] in DEADLOCK)
@@ -223,3 +259,18 @@ def split_script(script: str) -> list[str]:
     if "".join(current).strip():
         statements.append("\n".join(current).strip())
     return statements
+
+
+def _literals(raw: Any, column: Sequence[Any]) -> list[str]:
+    """One column's values as the SQL literals PyMySQL writes for bound parameters."""
+    from pymysql.constants import SERVER_STATUS  # not at import: a PC on SQLite never loads PyMySQL
+    from pymysql.converters import escape_string
+
+    kinds = set(map(type, column)) - {type(None)}
+    if kinds == {int}:
+        return ["NULL" if v is None else str(v) for v in column]
+    if kinds == {str}:
+        if raw.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
+            return ["NULL" if v is None else "'" + v.replace("'", "''") + "'" for v in column]
+        return ["NULL" if v is None else "'" + escape_string(v) + "'" for v in column]
+    return [raw.escape(v) for v in column]

@@ -32,7 +32,7 @@ from sqlalchemy import Connection, insert, select, update
 from erpsync.errors import ErpSyncError
 from erpsync.sync import conflicts, history
 from erpsync.sync.capture import IN_LIMIT, Key, _chunks, fold, key_in
-from erpsync.sync.changeset import ALIVE, Batch, RowChange
+from erpsync.sync.changeset import ALIVE, Batch, RowChange, no_cycle_collection
 from erpsync.sync.encoding import encoder
 from erpsync.sync.hlc import Stamp
 from erpsync.sync.inserts import Inserts
@@ -117,7 +117,7 @@ def apply_batch(
     """
     result = ApplyResult(batch.table, batch.stream)
     try:
-        with node.write() as conn:
+        with no_cycle_collection(), node.write() as conn:
             if batch.batch_id and _replayed(node, conn, batch.batch_id, result):
                 return result
             state = node.lock(conn)
@@ -217,6 +217,7 @@ class _Apply(Inserts):
         positions = {c: i for i, c in enumerate(batch.columns)}
         try:
             self.order = [positions[c.key] for c in self.table.columns]
+            self.in_order = self.order == list(range(len(self.order)))
         except KeyError as exc:
             raise ErpSyncError(
                 "the batch for {table} lacks column {column}",
@@ -232,7 +233,7 @@ class _Apply(Inserts):
 
     def local_order(self, row: RowChange) -> RowChange:
         """The row with values and clocks in this node's column order."""
-        if row.values is None or row.clocks is None or self.order == list(range(len(self.order))):
+        if row.values is None or row.clocks is None or self.in_order:
             return row
         values, clocks = row.values, row.clocks
         return RowChange(

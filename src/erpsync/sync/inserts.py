@@ -116,9 +116,11 @@ class Inserts:
         key_convert = [(j, p) for j, k in enumerate(table.keys) if (p := self.rows.processors.get(k.name))]
         app_rows: list[tuple[Any, ...]] = []
         # Python's sqlite3 binds NULL slowly: each shape of row lists only the columns it fills
-        shadow_rows: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         fixed = ("gid", *(f"k{j}" for j in range(len(table.keys))), "seq", "deleted", "src", "bh", "bn")
-        for i, key in zip(chosen, keys, strict=True):
+        shadow_rows: dict[tuple[str, ...], list[tuple[Any, ...]]] = {fixed: []}
+        written_once = shadow_rows[fixed]  # most rows: one clock for every column, no delete seen
+        source = self.source
+        for i, key, seq in zip(chosen, keys, self.state.next_seqs(len(chosen)), strict=True):
             r = rows[i]
             assert r.clocks is not None
             values = values_list[i]
@@ -132,28 +134,23 @@ class Inserts:
                 app_rows.append((*converted, *values))
             else:
                 app_rows.append((*key, *values))
+            self.touched.append(key)
             first = r.clocks[0]
+            if r.clocks.count(first) == width and not r.versions and r.deleted is None:
+                written_once.append((r.gid, *key, seq, 0, source, first.hlc, number(first.node)))
+                continue
             if r.clocks.count(first) == width:
-                row: tuple[Any, ...] = (
-                    r.gid,
-                    *key,
-                    self.state.next_seq(),
-                    0,
-                    self.source,
-                    first.hlc,
-                    number(first.node),
-                )
+                row: tuple[Any, ...] = (r.gid, *key, seq, 0, source, first.hlc, number(first.node))
                 extra: dict[str, Any] = {}
             else:
                 stored = self.rows.clock_values(list(r.clocks))
-                row = (r.gid, *key, self.state.next_seq(), 0, self.source, stored["bh"], stored["bn"])
+                row = (r.gid, *key, seq, 0, source, stored["bh"], stored["bn"])
                 extra = {k: v for k, v in stored.items() if k[0] in "cn" and v is not None}
             if r.versions:
                 extra["vv"] = self.rows.versions_text(r.versions, list(r.clocks))
             if r.deleted is not None:
                 extra.update(dh=r.deleted.hlc, dn=number(r.deleted.node))
             shadow_rows.setdefault((*fixed, *extra), []).append((*row, *extra.values()))
-            self.touched.append(key)
         key_names = [k.name for k in table.keys]
         self.rows.bulk_insert(table.app, [*key_names, *(c.name for c in table.columns)], app_rows)
         if table.surrogate:

@@ -72,6 +72,11 @@ class NodeState:
         self.seq += 1
         return self.seq
 
+    def next_seqs(self, count: int) -> range:
+        """``count`` new change sequence numbers, in order."""
+        self.seq += count
+        return range(self.seq - count + 1, self.seq + 1)
+
     def stamp(self) -> int:
         """A new local clock value."""
         self.hlc = tick(self.hlc)

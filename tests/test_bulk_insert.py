@@ -1,0 +1,101 @@
+"""The engines' bulk insert (fill, import, sync's new rows): every value comes back as it went in."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    select,
+    text,
+)
+
+from erpsync.db import Database
+
+TEXTS = [
+    "plain",
+    "l'Église d'Orléans",
+    'double "quotes"',
+    "back\\slash and trailing \\",
+    "\\'",
+    "'); DROP TABLE awkward; --",
+    "%s %(name)s %% {0}",
+    "line\nbreak\r\nand tab\t",
+    "ctrl-z \x1a end",
+    "émoji 🚚 漢字",
+    "",
+    " trailing space ",
+]
+
+
+def _table() -> Table:
+    return Table(
+        "awkward",
+        MetaData(),
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("label", Text),
+        Column("code", String(40)),
+        Column("big", BigInteger),
+        Column("amount", Numeric(12, 2)),
+        Column("ratio", Float),
+        Column("flag", Boolean),
+        Column("day", Date),
+        Column("moment", DateTime),
+        Column("blob", LargeBinary),
+    )
+
+
+def _rows(engine: str, count: int) -> list[tuple[object, ...]]:
+    texts = TEXTS + (["NUL \x00 inside"] if engine != "postgresql" else [])  # PostgreSQL text has no NUL
+    rows: list[tuple[object, ...]] = []
+    for i in range(count):
+        label = texts[i % len(texts)] + ("x" * 300 if i % 7 == 0 else "")
+        rows.append(
+            (
+                i + 1,
+                label,
+                None if i % 4 == 0 else f"C-{i:05d}'",
+                -(2**62) + i if i % 2 else 2**62 - i,
+                None if i % 5 == 0 else Decimal(f"{i}.{i % 100:02d}"),
+                None if i % 3 == 0 else i / 8,
+                None if i % 6 == 0 else bool(i % 2),
+                date(2026, 1 + i % 12, 1 + i % 28),
+                datetime(2026, 11, 22, i % 24, i % 60, i % 60),
+                None if i % 2 else bytes([i % 256, 0, 39, 92]),
+            )
+        )
+    return rows
+
+
+@pytest.mark.parametrize("no_backslash_escapes", [False, True], ids=["default", "no-backslash-escapes"])
+def test_awkward_values_round_trip_in_every_statement(
+    db: Database, engine_name: str, no_backslash_escapes: bool
+) -> None:
+    """Quotes, backslashes, NUL, percent signs, non-ASCII and big integers, over several statements."""
+    if no_backslash_escapes and engine_name != "mariadb":
+        pytest.skip("a MariaDB server mode")
+    table = _table()
+    table.create(db.engine)
+    rows = _rows(engine_name, 2500)  # over 1 MB of text on MariaDB: several statements
+    columns = [c.key for c in table.columns]
+    with db.engine.begin() as conn:
+        if no_backslash_escapes:
+            conn.execute(text("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')"))
+        assert db.dialect.bulk_insert(conn, table, columns, rows) == len(rows)
+    with db.connect() as conn:
+        back = [tuple(row) for row in conn.execute(select(table).order_by(table.c.id))]
+    assert back == rows
