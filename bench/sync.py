@@ -8,8 +8,9 @@
   triggers; the ratio is with / without.
 - apply: 100,000 changed rows (a fresh ``--big-project``) read from a SQLite
   node, then applied to a fresh node on each engine, as a sync applies them
-  (under a sync id: receipts kept for undo); changes per second of the apply
-  alone and of the whole push (read + apply).
+  (under a sync id: receipts kept for undo); then the same 100,000 lines
+  updated in two columns on the source, read and applied again; changes per
+  second of the apply alone and of the whole push (read + apply).
 - big: a 1,000,000-line project synced from a SQLite node to an empty SQLite
   node (time, peak memory of the syncing process), then a sync with nothing
   to do between them (median of 20, after opening both databases).
@@ -38,6 +39,7 @@ from erpsync.sync.session import sync
 
 ROWS = 100_000
 TRANSACTIONS = 1_000
+UPDATE_LINES = "UPDATE tb_LigneCommande SET Quantite = Quantite + 1, Designation = Designation || '.'"
 
 
 # -- capture overhead --------------------------------------------------------------------------------
@@ -148,43 +150,53 @@ def capture(engine: str) -> list[list[str]]:
 # -- apply throughput ----------------------------------------------------------------------------------
 
 
-def apply_throughput(source: Database, engine: str) -> list[str]:
-    """Apply the source node's changes to a fresh node on ``engine``."""
+def apply_throughput(source: Database, engine: str) -> list[list[str]]:
+    """Apply the source node's new rows to a fresh node on ``engine``, then the same rows updated."""
     with scratch_database(engine) as url, open_database(url, create=True) as target:
         init_schema(target)
         init_node(target, f"target-{engine}")
         a, b = LocalPeer(source, owned=False), LocalPeer(target, owned=False)
-        here, there = a.hello(), b.hello()
+        there = b.hello()
+        since = 0
+        out = []
+        for label in ("new rows", "updated rows"):
+            here = a.hello()
+            sync_id = history.new_id()
 
-        sync_id = history.new_id()
+            def read() -> list[Any]:
+                batches = []
+                for table, stream, count in a.plan({}, here.seq, there.node_id):
+                    if count:
+                        batches += list(a.changes(table, stream, since, here.seq, there.node_id, 5000))
+                for batch in batches:
+                    batch.sync_id = sync_id
+                return batches
 
-        def read() -> list[Any]:
-            batches = []
-            for table, stream, count in a.plan({}, here.seq, there.node_id):
-                if count:
-                    batches += list(a.changes(table, stream, 0, here.seq, there.node_id, 5000))
-            for batch in batches:
-                batch.sync_id = sync_id
-            return batches
+            read_seconds, batches = timed(read)
+            rows = sum(len(batch.rows) for batch in batches)
 
-        read_seconds, batches = timed(read)
-        rows = sum(len(batch.rows) for batch in batches)
+            def apply_all() -> None:
+                for batch in batches:
+                    result = apply_batch(b.node, batch, {})
+                    assert not result.missing and not result.conflicts
 
-        def apply_all() -> None:
-            for batch in batches:
-                result = apply_batch(b.node, batch, {})
-                assert not result.missing
-
-        apply_seconds, _ = timed(apply_all)
-        total = read_seconds + apply_seconds
-        return [
-            f"sqlite → {engine}",
-            f"{rows:,}",
-            f"{read_seconds:.2f}",
-            f"{apply_seconds:.2f}",
-            f"{rows / apply_seconds:,.0f}",
-            f"{rows / total:,.0f}",
-        ]
+            apply_seconds, _ = timed(apply_all)
+            total = read_seconds + apply_seconds
+            out.append(
+                [
+                    f"sqlite → {engine}",
+                    label,
+                    f"{rows:,}",
+                    f"{read_seconds:.2f}",
+                    f"{apply_seconds:.2f}",
+                    f"{rows / apply_seconds:,.0f}",
+                    f"{rows / total:,.0f}",
+                ]
+            )
+            since = here.seq
+            with source.engine.begin() as conn:  # every line changed in two columns, as a price revision
+                conn.execute(text(UPDATE_LINES))
+    return out
 
 
 # -- a big node: sync of 1,000,000 changes, then a sync with nothing to do -----------------------------
@@ -256,14 +268,16 @@ def main() -> None:
         )
 
     def run_apply() -> None:
-        with scratch_database("sqlite") as url, open_database(url, create=True) as source:
-            init_schema(source)
-            fill(source, scale=0, seed=1, big_project=ROWS)
-            init_node(source, "source")
-            rows = [apply_throughput(source, engine) for engine in engines]
+        rows = []
+        for engine in engines:  # a fresh source each time: the updates change its rows' clocks
+            with scratch_database("sqlite") as url, open_database(url, create=True) as source:
+                init_schema(source)
+                fill(source, scale=0, seed=1, big_project=ROWS)
+                init_node(source, "source")
+                rows += apply_throughput(source, engine)
         print_table(
             f"Apply throughput ({ROWS:,}-line project, batches of 5,000)",
-            ["direction", "rows", "read (s)", "apply (s)", "apply rows/s", "push rows/s"],
+            ["direction", "changes", "rows", "read (s)", "apply (s)", "apply rows/s", "push rows/s"],
             rows,
         )
 

@@ -97,6 +97,28 @@ def test_each_node_keeps_its_edit_of_a_different_column(pair: list[Database]) ->
         assert value(db, "SELECT RaisonSociale FROM tb_Client WHERE Code = 'CLI-00002'") == "Nom B"
 
 
+def test_thousands_of_rows_edited_on_both_sides_merge_column_by_column(pair: list[Database]) -> None:
+    """Bulk edits go the servers' set-based way (a temporary table joined in one UPDATE)."""
+    a, b = pair
+    lines = "SELECT id, Quantite, Designation FROM tb_LigneCommande ORDER BY id"
+    before = {row[0]: row[1:] for row in rows(a, lines)}
+    assert len(before) > 1000
+    execute(a, "UPDATE tb_LigneCommande SET Quantite = Quantite + 1")
+    execute(b, "UPDATE tb_LigneCommande SET Designation = 'révisé' WHERE id % 2 = 0")
+    execute(b, "UPDATE tb_Commande SET Statut = 'EXPEDIEE'")
+    summary = sync(a, b)
+    assert summary.conflicts == 0
+    same(a, b)
+    for db in pair:
+        after = {row[0]: row[1:] for row in rows(db, lines)}
+        assert after == {
+            id_: (quantity + 1, "révisé" if id_ % 2 == 0 else name)
+            for id_, (quantity, name) in before.items()
+        }
+        assert rows(db, "SELECT DISTINCT Statut FROM tb_Commande") == [("EXPEDIEE",)]
+    assert sync(a, b).nothing_to_do
+
+
 def test_update_against_delete_the_later_wins(pair: list[Database]) -> None:
     a, b = pair
     # deleted on A, then edited on B (later): the row comes back on A

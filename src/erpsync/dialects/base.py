@@ -81,6 +81,56 @@ class Dialect:
 
     paramstyle_mark: ClassVar[str] = "%s"
 
+    join_update_rows: ClassVar[int | None] = None
+    """From how many rows ``bulk_update`` goes through a temporary table (``None``: never)."""
+
+    def bulk_update(
+        self,
+        conn: Connection,
+        table: str,
+        where: Sequence[str],
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+    ) -> None:
+        """Set ``columns`` of the rows of ``table`` found by ``where`` (column names).
+
+        Each row holds the new values of ``columns``, then the values of
+        ``where``. On SQLite, in the process, one ``UPDATE`` per row
+        (``executemany``) is the fastest. On a server each statement is a round
+        trip: many rows are loaded into a temporary table, the engine's bulk
+        path, and set with one ``UPDATE`` joined to it.
+        """
+        quote = conn.dialect.identifier_preparer.quote
+        if self.join_update_rows is None or len(rows) < self.join_update_rows:
+            assignments = ", ".join(f"{quote(n)} = {self.paramstyle_mark}" for n in columns)
+            condition = " AND ".join(f"{quote(w)} = {self.paramstyle_mark}" for w in where)
+            sql = f"UPDATE {quote(table)} SET {assignments} WHERE {condition}"
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                with driver_errors(conn, sql):
+                    cursor.executemany(sql, rows)
+            finally:
+                cursor.close()
+            return
+        # a row listed twice ends with its last values, as with one UPDATE after the other
+        latest = list({tuple(row[len(columns) :]): row for row in rows}.values())
+        names = [*columns, *where]
+        setup, update, cleanup = self.join_update(
+            quote(table), quote(JOIN_TABLE), [quote(w) for w in where], [quote(c) for c in columns]
+        )
+        for sql in setup:
+            conn.exec_driver_sql(sql)
+        self.bulk_insert(conn, Table(JOIN_TABLE, sa.MetaData(), *[Column(n) for n in names]), names, latest)
+        conn.exec_driver_sql(update)
+        conn.exec_driver_sql(cleanup)
+
+    def join_update(
+        self, table: str, temporary: str, where: Sequence[str], columns: Sequence[str]
+    ) -> tuple[list[str], str, str]:
+        """For ``bulk_update`` (quoted names): the statements that create ``temporary`` with
+        the types of ``columns`` and ``where`` in ``table``, the joined ``UPDATE``, the ``DROP``."""
+        raise NotImplementedError
+
     def after_explicit_ids(self, conn: Connection, table: Table) -> None:
         """Make the next generated id follow rows inserted with explicit ids."""
 
@@ -229,6 +279,10 @@ class Dialect:
 
     def check_procedures_supported(self, conn: Connection) -> None:
         """Refuse, before anything is written, a server that cannot run erpsync's procedures."""
+
+
+JOIN_TABLE = "erpsync_update"
+"""The temporary table of ``Dialect.bulk_update`` on the servers."""
 
 
 @contextmanager

@@ -84,6 +84,23 @@ class MariaDB(Dialect):
             cursor.close()
         return len(batch)
 
+    join_update_rows = 20
+
+    def join_update(
+        self, table: str, temporary: str, where: Sequence[str], columns: Sequence[str]
+    ) -> tuple[list[str], str, str]:
+        """A temporary table is not transactional here: one left by a failed batch is dropped first."""
+        names = ", ".join([*columns, *where])
+        return (
+            [
+                f"DROP TEMPORARY TABLE IF EXISTS {temporary}",
+                f"CREATE TEMPORARY TABLE {temporary} AS SELECT {names} FROM {table} LIMIT 0",
+            ],
+            f"UPDATE {table} t JOIN {temporary} u ON {' AND '.join(f't.{w} = u.{w}' for w in where)} "
+            f"SET {', '.join(f't.{c} = u.{c}' for c in columns)}",
+            f"DROP TEMPORARY TABLE {temporary}",
+        )
+
     def is_retryable(self, exc: DBAPIError) -> bool:
         return bool(exc.orig is not None and exc.orig.args and exc.orig.args[0] in DEADLOCK)
 

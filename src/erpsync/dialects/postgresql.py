@@ -51,6 +51,19 @@ class PostgreSQL(Dialect):
             cursor.close()
         return count
 
+    join_update_rows = 20
+
+    def join_update(
+        self, table: str, temporary: str, where: Sequence[str], columns: Sequence[str]
+    ) -> tuple[list[str], str, str]:
+        names = ", ".join([*columns, *where])
+        return (
+            [f"CREATE TEMPORARY TABLE {temporary} AS SELECT {names} FROM {table} WITH NO DATA"],
+            f"UPDATE {table} t SET {', '.join(f'{c} = u.{c}' for c in columns)} FROM {temporary} u "
+            f"WHERE {' AND '.join(f't.{w} = u.{w}' for w in where)}",
+            f"DROP TABLE pg_temp.{temporary}",
+        )
+
     def after_explicit_ids(self, conn: Connection, table: Table) -> None:
         """Move the id sequence past the largest id, as MariaDB and SQLite do by themselves."""
         quote = conn.dialect.identifier_preparer.quote

@@ -226,6 +226,8 @@ class _Apply(Inserts):
                 column=exc.args[0],
             ) from None
         self.encoders = [encoder(c.type) for c in self.table.columns]
+        self.column_policies = [policy_for(policies, self.table, c.key) for c in self.table.columns]
+        self.shadow_keys = [f"k{i}" for i in range(len(self.table.keys))]
         self.key_encoders = [encoder(k.type) for k in self.table.keys]
         self.shadow_inserts: list[dict[str, Any]] = []
         self.shadow_updates: list[dict[str, Any]] = []
@@ -410,26 +412,26 @@ class _Apply(Inserts):
             assert r.clocks is not None
             stamps = self.rows.stamps(mine)
             ours = self.rows.versions(mine, stamps)
-            versions = merged(ours, r.versions or implied(r.clocks))
-            rel, sides = compare(stamps, ours, r.clocks, r.versions or implied(r.clocks))
+            theirs = r.versions or implied(r.clocks)
+            versions = merged(ours, theirs)
+            rel, sides = compare(stamps, ours, r.clocks, theirs)
             if r.deleted is not None and r.deleted != self.rows.deleted_stamp(mine):
                 our_delete = self.rows.deleted_stamp(mine)
                 if our_delete is None or r.deleted > our_delete:
                     self.shadow_updates.append(
-                        {"b_gid": r.gid, "dh": r.deleted.hlc, "dn": self.rows.number(r.deleted.node)}
+                        {"gid": r.gid, "dh": r.deleted.hlc, "dn": self.rows.number(r.deleted.node)}
                     )
             if rel in (Relation.EQUAL, Relation.LOCAL_NEWER):
                 self.result.unchanged += 1
                 if versions != ours:  # the peer had seen writes this row's history lacks
                     self.shadow_updates.append(
-                        {"b_gid": r.gid, "vv": self.rows.versions_text(versions, stamps)}
+                        {"gid": r.gid, "vv": self.rows.versions_text(versions, stamps)}
                     )
                 continue
             decided.append((r, mine, stamps, rel, sides, versions))
+        no_overwrite = NO_OVERWRITE in self.column_policies
         needs_values = [
-            self._key(mine)
-            for r, mine, _, rel, _, _ in decided
-            if rel is Relation.CONCURRENT or NO_OVERWRITE in self._column_policies()
+            self._key(mine) for r, mine, _, rel, _, _ in decided if rel is Relation.CONCURRENT or no_overwrite
         ]
         current = self.rows.app_values(needs_values) if needs_values else {}
         out = []
@@ -438,9 +440,6 @@ class _Apply(Inserts):
             incoming.versions = versions
             out.append(incoming)
         return out
-
-    def _column_policies(self) -> set[str]:
-        return {policy_for(self.policies, self.table, c.key) for c in self.table.columns}
 
     def _merge_row(
         self,
@@ -459,11 +458,10 @@ class _Apply(Inserts):
         writes: set[int] = set()
         restamp: set[int] = set()
         differing: list[int] = []
-        for i, column in enumerate(self.table.columns):
+        for i, policy in enumerate(self.column_policies):
             if sides[i] is Side.SAME:
                 continue
             same = current is not None and self.encoders[i](current[i]) == self.encoders[i](remote[i])
-            policy = policy_for(self.policies, self.table, column.key)
             decision = decide_column(policy, rel, sides[i], stamps[i], r.clocks[i], same)
             if decision.conflict:
                 differing.append(i)
@@ -495,10 +493,10 @@ class _Apply(Inserts):
         return incoming
 
     def _all(self, slots: list[int], policy: str) -> bool:
-        return all(policy_for(self.policies, self.table, self.table.columns[i].key) == policy for i in slots)
+        return all(self.column_policies[i] == policy for i in slots)
 
     def _policy_name(self, slots: list[int]) -> str:
-        return policy_for(self.policies, self.table, self.table.columns[slots[0]].key)
+        return self.column_policies[slots[0]]
 
     def _incoming(self, r: RowChange, refs: dict[str, dict[str, Key]], restamp: bool) -> Incoming:
         assert r.clocks is not None
@@ -520,7 +518,7 @@ class _Apply(Inserts):
         return values
 
     def _key(self, mine: Mapping[str, Any]) -> Key:
-        return tuple(mine[f"k{i}"] for i in range(len(self.table.keys)))
+        return tuple([mine[k] for k in self.shadow_keys])
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -532,7 +530,7 @@ class _Apply(Inserts):
             clocks = self.rows.clock_values(row.stamps)
             self.shadow_updates.append(
                 {
-                    "b_gid": row.gid,
+                    "gid": row.gid,
                     **clocks,
                     "vv": self.rows.versions_text(row.versions, row.stamps),
                     "seq": self.state.next_seq(),
@@ -604,7 +602,7 @@ class _Apply(Inserts):
                 self.result.unchanged += 1
                 if r.deleted > (self.rows.deleted_stamp(mine) or Stamp(0, "")):
                     self.shadow_updates.append(
-                        {"b_gid": r.gid, "dh": r.deleted.hlc, "dn": self.rows.number(r.deleted.node)}
+                        {"gid": r.gid, "dh": r.deleted.hlc, "dn": self.rows.number(r.deleted.node)}
                     )
         if not to_delete:
             return
@@ -647,7 +645,7 @@ class _Apply(Inserts):
     ) -> None:
         width = len(self.table.columns)
         values: dict[str, Any] = {
-            "b_gid": mine["gid"],
+            "gid": mine["gid"],
             "deleted": 1,
             "dh": deleted.hlc,
             "dn": self.rows.number(deleted.node) if deleted.node else SELF,

@@ -66,7 +66,7 @@ class Inserts:
             if mine is None:
                 self.shadow_inserts.append({"gid": r.gid, **meta})
             else:
-                self.shadow_updates.append({"b_gid": r.gid, **meta})
+                self.shadow_updates.append({"gid": r.gid, **meta})
             self.touched.append(key)
         for item in self.renumbered:
             if item.key is None and item.gid in gid_keys:

@@ -34,7 +34,7 @@ from erpsync.sync.rows import TableRows
 MAX_TRIES = 1000
 
 
-@dataclass
+@dataclass(slots=True)
 class Incoming:
     """A row about to be written by apply: its values may still be renumbered."""
 

@@ -176,25 +176,28 @@ def compare(
     row relayed through a third node is never a false conflict.
     """
     sides: list[Side] = []
+    remote_wrote = local_wrote = False  # this runs for every row received: no sets of enums
     for lc, rc in zip(local, remote, strict=True):
         if lc == rc:
             sides.append(Side.SAME)
             continue
         local_seen, remote_seen = _seen(lc, remote_versions), _seen(rc, local_versions)
         if local_seen and not remote_seen:
-            sides.append(Side.REMOTE)
+            side = Side.REMOTE
         elif remote_seen and not local_seen:
-            sides.append(Side.LOCAL)
+            side = Side.LOCAL
         elif not local_seen and not remote_seen:
-            sides.append(Side.BOTH)
+            side = Side.BOTH
         else:  # both histories include both writes: the clocks decide
-            sides.append(Side.REMOTE if rc > lc else Side.LOCAL)
-    kinds = set(sides) - {Side.SAME}
-    if not kinds:
+            side = Side.REMOTE if rc > lc else Side.LOCAL
+        sides.append(side)
+        remote_wrote = remote_wrote or side is not Side.LOCAL
+        local_wrote = local_wrote or side is not Side.REMOTE
+    if not remote_wrote and not local_wrote:
         return Relation.EQUAL, sides
-    if Side.BOTH in kinds or kinds == {Side.REMOTE, Side.LOCAL}:
+    if remote_wrote and local_wrote:  # a column both wrote, or columns each wrote
         return Relation.CONCURRENT, sides
-    return (Relation.REMOTE_NEWER if Side.REMOTE in kinds else Relation.LOCAL_NEWER), sides
+    return (Relation.REMOTE_NEWER if remote_wrote else Relation.LOCAL_NEWER), sides
 
 
 @dataclass

@@ -99,7 +99,7 @@ def _delete_again(rows: TableRows, shadow: Any) -> None:
     width = len(rows.table.columns)
     last = max(rows.stamps(shadow)).hlc if not shadow["deleted"] else shadow["ds"]
     values: dict[str, Any] = {
-        "b_gid": shadow["gid"],
+        "gid": shadow["gid"],
         "deleted": 1,
         "dh": rows.state.stamp(),
         "dn": SELF,
@@ -138,7 +138,7 @@ def _revive(rows: TableRows, conflict: Conflict, remote: dict[str, Any]) -> None
     now = rows.state.stamp()
     width = len(table.columns)
     values: dict[str, Any] = {
-        "b_gid": conflict.gid,
+        "gid": conflict.gid,
         "deleted": 0,
         "bh": now,
         "bn": SELF,

@@ -6,6 +6,7 @@ at once (``IN`` lists, ``executemany``), never one query per row.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -35,6 +36,7 @@ class TableRows:
             c.name: c.type.dialect_impl(dialect).bind_processor(dialect) for c in table.app.columns
         }
         self._numbers: dict[str, int] = {v: k for k, v in self.ids.items()}
+        self.clock_columns = [(f"c{i}", f"n{i}") for i in range(len(table.columns))]
 
     # -- plain DB-API: the hot paths skip SQLAlchemy's per-row parameter handling -------------
 
@@ -98,11 +100,8 @@ class TableRows:
             if not names:
                 continue
             convert = [self.processors.get(n) if processors else None for n in names] + [None] * len(where)
-            assignments = ", ".join(f"{self.quote(n)} = {self.mark}" for n in names)
-            condition = " AND ".join(f"{self.quote(w)} = {self.mark}" for w in where)
-            sql = f"UPDATE {self.quote(table)} SET {assignments} WHERE {condition}"
             params = [_converted([r[n] for n in names] + [r[w] for w in where], convert) for r in group]
-            self.many(sql, params)
+            self.node.dialect.bulk_update(self.conn, table, where, names, params)
 
     # -- metadata ----------------------------------------------------------------------------
 
@@ -128,8 +127,7 @@ class TableRows:
         """The clock of each column of a present row."""
         base = self.stamp_of(shadow["bh"], shadow["bn"])
         return [
-            self.stamp_of(shadow[f"c{i}"], shadow[f"n{i}"]) if shadow[f"c{i}"] is not None else base
-            for i in range(len(self.table.columns))
+            base if shadow[c] is None else self.stamp_of(shadow[c], shadow[n]) for c, n in self.clock_columns
         ]
 
     def versions(self, shadow: Mapping[str, Any], stamps: Sequence[Stamp] | None = None) -> Versions:
@@ -144,9 +142,9 @@ class TableRows:
         known = [s for s in stamps if s is not None]
         if None in stamps:  # restamped columns carry this node's new clock
             known.append(Stamp(self.state.hlc, self.node.node_id))
-        if merged(versions, implied(known)) == implied(known):
-            return None
-        return format_versions(merged(versions, implied(known)), self.number)
+        clocks = implied(known)
+        full = merged(versions, clocks)
+        return None if full == clocks else format_versions(full, self.number)
 
     def deleted_stamp(self, shadow: Mapping[str, Any]) -> Stamp | None:
         """The largest delete seen for a row, if any."""
@@ -154,8 +152,10 @@ class TableRows:
 
     def number(self, node_id: str) -> int:
         """The local number of a node id (registered on first sight)."""
-        number = self.node.peer_number(self.conn, node_id)
-        self.ids[number] = node_id
+        number = self._numbers.get(node_id)
+        if number is None:
+            number = self._numbers[node_id] = self.node.peer_number(self.conn, node_id)
+            self.ids[number] = node_id
         return number
 
     def clock_values(self, stamps: Sequence[Stamp | None]) -> dict[str, Any]:
@@ -166,21 +166,27 @@ class TableRows:
         """
         now = Stamp(self.state.stamp(), self.node.node_id) if None in stamps else None
         resolved = [now if s is None else s for s in stamps]
-        base = max(set(resolved), key=resolved.count) if resolved else now or Stamp(self.state.hlc, "")
+        if not resolved:
+            base: Stamp | None = now or Stamp(self.state.hlc, "")
+        elif resolved.count(resolved[0]) * 2 > len(resolved):  # the usual case: no need to count the others
+            base = resolved[0]
+        else:
+            base = Counter(resolved).most_common(1)[0][0]
         assert base is not None
         values: dict[str, Any] = {"bh": base.hlc, "bn": self.number(base.node) if base.node else SELF}
-        for i, stamp in enumerate(resolved):
+        for (c, n), stamp in zip(self.clock_columns, resolved, strict=True):
             assert stamp is not None
-            same = stamp == base
-            values[f"c{i}"] = None if same else stamp.hlc
-            values[f"n{i}"] = None if same else self.number(stamp.node)
+            if stamp == base:
+                values[c] = values[n] = None
+            else:
+                values[c], values[n] = stamp.hlc, self.number(stamp.node)
         return values
 
     def write_shadows(self, inserts: list[dict[str, Any]], updates: list[dict[str, Any]]) -> None:
-        """Insert new metadata rows and update existing ones (``b_gid`` names the row)."""
+        """Insert new metadata rows and update existing ones (their ``gid`` names the row)."""
         name = self.table.shadow.name
         self.insert_rows(name, inserts)
-        self.update_rows(name, ["gid"], [_renamed(u) for u in updates])
+        self.update_rows(name, ["gid"], updates)
 
     def restamp(self, gids: Sequence[str], columns: Iterable[int] | None = None) -> None:
         """Write the current values of ``columns`` (default all) again, with a new local clock.
@@ -195,7 +201,7 @@ class TableRows:
         stored = {gid: m["vv"] for gid, m in self.shadows(gids).items() if m["vv"]}
         rows = []
         for gid in gids:
-            row: dict[str, Any] = {"b_gid": gid, "seq": self.state.next_seq(), "src": None}
+            row: dict[str, Any] = {"gid": gid, "seq": self.state.next_seq(), "src": None}
             if len(slots) == len(self.table.columns):
                 row.update(
                     bh=now, bn=SELF, **{f"c{i}": None for i in slots}, **{f"n{i}": None for i in slots}
@@ -294,13 +300,6 @@ class TableRows:
 
 def _converted(values: list[Any], processors: Sequence[Callable[[Any], Any] | None]) -> tuple[Any, ...]:
     return tuple(v if p is None or v is None else p(v) for v, p in zip(values, processors, strict=True))
-
-
-def _renamed(update: dict[str, Any]) -> dict[str, Any]:
-    """An update dict with its ``b_gid`` (the row to update) as ``gid``."""
-    out = {k: v for k, v in update.items() if k != "b_gid"}
-    out["gid"] = update["b_gid"]
-    return out
 
 
 def _same_keys(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

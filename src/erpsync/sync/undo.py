@@ -323,7 +323,7 @@ class _Undo:
             assert row.shadow is not None
             tombstones.append(
                 {
-                    "b_gid": row.gid,
+                    "gid": row.gid,
                     "deleted": 1,
                     "dh": self.state.stamp(),
                     "dn": SELF,
@@ -379,7 +379,7 @@ class _Undo:
             if row.shadow is None:
                 shadow_inserts.append({"gid": row.gid, **meta})
             else:
-                shadow_updates.append({"b_gid": row.gid, **meta})
+                shadow_updates.append({"gid": row.gid, **meta})
             done.setdefault(table.number, []).append((row, tuple(row.before.key)))
         rows.insert_rows(table.app.name, app_rows)  # the values as the driver had returned them
         if table.surrogate:
@@ -405,7 +405,7 @@ class _Undo:
         for row in items:
             if row.shadow is None:
                 continue  # no trace of it left here: nothing to tie to its state before
-            meta: dict[str, Any] = {"b_gid": row.gid, "seq": self.state.next_seq()}
+            meta: dict[str, Any] = {"gid": row.gid, "seq": self.state.next_seq()}
             if row.present_now and row.before is not None and row.before.values is not None:
                 key = row.key_now()
                 now = current[key][1] if key in current else None

@@ -1,4 +1,4 @@
-"""The engines' bulk insert (fill, import, sync's new rows): every value comes back as it went in."""
+"""The engines' bulk writes (fill, import, sync): every value comes back as it went in."""
 
 from __future__ import annotations
 
@@ -99,3 +99,29 @@ def test_awkward_values_round_trip_in_every_statement(
     with db.connect() as conn:
         back = [tuple(row) for row in conn.execute(select(table).order_by(table.c.id))]
     assert back == rows
+
+
+@pytest.mark.parametrize("count", [5, 500], ids=["one-by-one", "joined"])
+def test_bulk_update_sets_the_last_values_given_for_each_key(
+    db: Database, engine_name: str, count: int
+) -> None:
+    """Only the columns named change; a key listed twice ends with its last values, as one
+    UPDATE after the other would leave it."""
+    table = _table()
+    table.create(db.engine)
+    rows = _rows(engine_name, count)
+    with db.engine.begin() as conn:
+        db.dialect.bulk_insert(conn, table, [c.key for c in table.columns], rows)
+    changes = [(f"{row[1]} v2", -i, row[0]) for i, row in enumerate(rows)]  # label, big, then the key id
+    changes.append(("the last word", 7, rows[0][0]))
+    with db.engine.begin() as conn:
+        db.dialect.bulk_update(conn, "awkward", ["id"], ["label", "big"], changes)
+        db.dialect.bulk_update(conn, "awkward", ["id"], ["code"], [("again", rows[-1][0])])
+    expected = [list(row) for row in rows]
+    for i, row in enumerate(expected):
+        row[1], row[3] = f"{row[1]} v2", -i
+    expected[0][1], expected[0][3] = "the last word", 7
+    expected[-1][2] = "again"
+    with db.connect() as conn:
+        back = [list(row) for row in conn.execute(select(table).order_by(table.c.id))]
+    assert back == expected
