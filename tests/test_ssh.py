@@ -225,6 +225,34 @@ def test_verify_over_ssh_finds_the_row_that_differs_and_repairs_it(server: Sshd,
         assert value(hub, "SELECT count(*) FROM tb_Client WHERE RaisonSociale = 'Divergente'") == 0
 
 
+@pytest.mark.parametrize("batch_rows", [1, 5000], ids=["stream-goes-on", "last-batch"])
+def test_a_pull_fetches_a_parent_deleted_here_while_the_stream_of_changes_is_open(
+    batch_rows: int, server: Sshd, tmp_path: Path
+) -> None:
+    """The fetch of a missing parent must not read the rest of the open stream as its answer."""
+    with nodes(tmp_path, "sqlite", "sqlite", scale=1) as (hub, pc):
+        url = remote(server, hub, tmp_path)
+        add_client(hub, 8000, "CLI-GONE", "Bientôt supprimé")
+        sync(pc, url)
+        execute(pc, "DELETE FROM tb_Client WHERE Code = 'CLI-GONE'")
+        for n in range(3):
+            execute(
+                hub,
+                "INSERT INTO tb_Commande (fkClient, NumCommande, DateCommande, Statut, MontantHT) "
+                "VALUES (8000, :num, '2026-03-01', 'BROUILLON', 1)",
+                num=f"CMD-ORPHAN-{n}",
+            )
+        sync(pc, url, push=False, batch_rows=batch_rows)
+        sync(pc, url)
+        same(hub, pc)
+        for db in (hub, pc):
+            assert rows(
+                db,
+                "SELECT DISTINCT c.Code FROM tb_Commande o JOIN tb_Client c ON c.id = o.fkClient "
+                "WHERE o.NumCommande LIKE 'CMD-ORPHAN-%'",
+            ) == [("CLI-GONE",)]
+
+
 def test_a_push_of_thousands_of_rows_in_small_batches(server: Sshd, tmp_path: Path) -> None:
     with nodes(tmp_path, "sqlite", "sqlite") as (pc, hub):
         _lines(pc, 2000)

@@ -53,6 +53,10 @@ class Peer(Protocol):
     def label(self) -> str:
         """How it is named in messages."""
 
+    @property
+    def in_process(self) -> bool:
+        """Whether its work runs on this process's CPU (SQLite opened here), not on a server's."""
+
     def hello(self) -> Hello:
         """Fold pending changes, then describe the node."""
 
@@ -96,6 +100,10 @@ class LocalPeer:
     @property
     def label(self) -> str:
         return f"{self.node.name} ({self.db.name})"
+
+    @property
+    def in_process(self) -> bool:
+        return self.db.dialect.name == "sqlite"
 
     def hello(self) -> Hello:
         node = self.node

@@ -26,7 +26,8 @@ receipts of what they changed under it, so ``erpsync sync undo`` can revert it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -324,13 +325,29 @@ def transfer(
         batches = source.changes(
             table, stream, since.get((table, stream), 0), source_hello.seq, target_hello.node_id, batch_rows
         )
-        for batch in batches:
+        for batch in batches if source.in_process and target.in_process else read_ahead(batches):
             batch.sync_id = summary.id
             result = apply_with_references(source, target, batch, policies)
             summary.table(table).add(result, len(batch.rows), incoming=incoming)
             summary.batches += 1
             done += len(batch.rows)
             progress(label, min(done, total), total)
+
+
+def read_ahead(batches: Iterator[Batch]) -> Iterator[Batch]:
+    """``batches``, the next one read in a thread while the caller applies the current one.
+
+    Reading and applying each take about half of a transfer. When one side is
+    a server or a network peer, this process mostly waits on it (the GIL is
+    free), so they overlap; with SQLite on both sides both are Python work in
+    this process and the threads would only take turns. Batches are still
+    applied one at a time, in order.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="erpsync-read") as pool:
+        pending = pool.submit(next, batches, None)
+        while (batch := pending.result()) is not None:
+            pending = pool.submit(next, batches, None)
+            yield batch
 
 
 def apply_with_references(

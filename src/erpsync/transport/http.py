@@ -58,6 +58,8 @@ class NotAPeer(ErpSyncError):
 class HttpPeer:
     """A node reached through ``erpsync serve`` at ``url``, authenticated by ``token``."""
 
+    in_process = False
+
     def __init__(
         self,
         url: str,

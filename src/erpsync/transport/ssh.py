@@ -342,6 +342,8 @@ class _Channel:
 class SshPeer:
     """A node reached through ssh at ``url`` (``ssh://[user@]host[:port]/PATH[?options]``)."""
 
+    in_process = False
+
     def __init__(
         self,
         url: str,
@@ -353,6 +355,7 @@ class SshPeer:
         ssh: Sequence[str] | None = None,
     ) -> None:
         self.address = SshAddress.parse(url)
+        self._given = (url, ssh)
         self.url = self.address.shown
         self.name = name
         self.timeout = timeout
@@ -363,6 +366,10 @@ class SshPeer:
         self._channel: _Channel | None = None
         self._worked = False
         """A connection succeeded once: a later failure to connect is the network's, and retried."""
+        self._busy = threading.Lock()
+        """Held while a request, or a stream of changes, has the connection."""
+        self._spare: SshPeer | None = None
+        """A second connection, for a request made while a stream of changes is open (a fetch)."""
 
     @property
     def label(self) -> str:
@@ -388,6 +395,12 @@ class SshPeer:
         self, table: str, stream: int, since: int, upto: int, for_node: str, batch_rows: int
     ) -> Iterator[Batch]:
         """The batches, one frame each; a connection broken midway is opened again after the last batch."""
+        with self._busy:
+            yield from self._stream(table, stream, since, upto, for_node, batch_rows)
+
+    def _stream(
+        self, table: str, stream: int, since: int, upto: int, for_node: str, batch_rows: int
+    ) -> Iterator[Batch]:
         start, failures = since, 0
         while start < upto:
             request = stdio.frame(
@@ -462,10 +475,35 @@ class SshPeer:
     def close(self) -> None:
         """End the connection: the remote erpsync sees its stdin close and stops."""
         self._drop()
+        if self._spare is not None:
+            self._spare.close()
 
     # -- requests --------------------------------------------------------------------------------
 
     def _call(self, op: str, body: BaseModel | None, model: type[Model]) -> Model:
+        """One request and its answer; on a second connection while a stream of changes is open.
+
+        The stream's next frames would otherwise be read as the answer: a pull
+        fetches the parents a batch lacks while the rest of the stream is coming.
+        """
+        if not self._busy.acquire(blocking=False):
+            if self._spare is None:
+                url, ssh = self._given
+                self._spare = SshPeer(
+                    url,
+                    name=self.name,
+                    timeout=self.timeout,
+                    retries=self.retries,
+                    backoff=self.backoff,
+                    ssh=ssh,
+                )
+            return self._spare._call(op, body, model)
+        try:
+            return self._ask(op, body, model)
+        finally:
+            self._busy.release()
+
+    def _ask(self, op: str, body: BaseModel | None, model: type[Model]) -> Model:
         """One request and its answer, retried on a new connection when the connection breaks."""
         request = stdio.frame(stdio.REQUEST, _call_text(op, body))
         for attempt in range(self.retries + 1):
