@@ -70,13 +70,7 @@ class Dialect:
         if not batch:
             return 0
         marks = ", ".join([self.paramstyle_mark] * len(columns))
-        sql = f"INSERT INTO {column_list(conn, table, columns)} VALUES ({marks})"
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            with driver_errors(conn, sql):
-                cursor.executemany(sql, batch)
-        finally:
-            cursor.close()
+        execute_many(conn, f"INSERT INTO {column_list(conn, table, columns)} VALUES ({marks})", batch)
         return len(batch)
 
     paramstyle_mark: ClassVar[str] = "%s"
@@ -104,13 +98,7 @@ class Dialect:
         if self.join_update_rows is None or len(rows) < self.join_update_rows:
             assignments = ", ".join(f"{quote(n)} = {self.paramstyle_mark}" for n in columns)
             condition = " AND ".join(f"{quote(w)} = {self.paramstyle_mark}" for w in where)
-            sql = f"UPDATE {quote(table)} SET {assignments} WHERE {condition}"
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            try:
-                with driver_errors(conn, sql):
-                    cursor.executemany(sql, rows)
-            finally:
-                cursor.close()
+            execute_many(conn, f"UPDATE {quote(table)} SET {assignments} WHERE {condition}", rows)
             return
         # a row listed twice ends with its last values, as with one UPDATE after the other
         latest = list({tuple(row[len(columns) :]): row for row in rows}.values())
@@ -283,6 +271,16 @@ class Dialect:
 
 JOIN_TABLE = "erpsync_update"
 """The temporary table of ``Dialect.bulk_update`` on the servers."""
+
+
+def execute_many(conn: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """The DB-API ``executemany`` in ``conn``'s transaction, without SQLAlchemy's per-row work."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        with driver_errors(conn, sql):
+            cursor.executemany(sql, rows)
+    finally:
+        cursor.close()
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, inspect, select
 
+from erpsync.dialects.base import execute_many
 from erpsync.sync.capture import IN_LIMIT, Key, _chunks, key_in
 from erpsync.sync.hlc import Stamp
 from erpsync.sync.model import SyncTable
@@ -42,13 +43,8 @@ class TableRows:
 
     def many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
         """``executemany`` on the transaction's own DB-API connection."""
-        if not params:
-            return
-        cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.executemany(sql, params)
-        finally:
-            cursor.close()
+        if params:
+            execute_many(self.conn, sql, params)
 
     def select_in(
         self, sql: str, columns: Sequence[str], values: Sequence[Sequence[Any]]
