@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from erpsync.sync.apply import apply_batch
 from erpsync.sync.changeset import Batch
 from erpsync.sync.node import Node
 from erpsync.sync.peer import LocalPeer
-from erpsync.sync.session import sync
+from erpsync.sync.session import read_ahead, sync
 from tests.sync_support import add_client, add_project, client_tree, execute, nodes, rows, same, value
 
 PAIRS = [("sqlite", "sqlite"), ("sqlite", "mariadb"), ("postgresql", "sqlite"), ("mariadb", "postgresql")]
@@ -117,6 +118,19 @@ def test_thousands_of_rows_edited_on_both_sides_merge_column_by_column(pair: lis
         }
         assert rows(db, "SELECT DISTINCT Statut FROM tb_Commande") == [("EXPEDIEE",)]
     assert sync(a, b).nothing_to_do
+
+
+def test_reading_ahead_keeps_the_order_and_fails_where_the_reading_failed() -> None:
+    """What a transfer from a server or a network peer goes through: the next batch read in a thread."""
+
+    def batches() -> Iterator[Any]:
+        yield from range(3)
+        raise ConnectionResetError("the peer hung up")
+
+    ahead = read_ahead(batches())
+    assert [next(ahead) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ConnectionResetError, match="hung up"):
+        next(ahead)
 
 
 def test_update_against_delete_the_later_wins(pair: list[Database]) -> None:
