@@ -163,6 +163,24 @@ def test_a_folder_peer_and_a_second_service_refused(tmp_path: Path) -> None:
         assert code == 3 and "stopped without a word" in out
 
 
+def test_a_second_service_started_in_the_same_instant_is_refused(tmp_path: Path) -> None:
+    """The lock file, not the heartbeat, decides: the first one has not written its state yet."""
+    with nodes(tmp_path, "sqlite", "sqlite") as (pc1, pc2):
+        config = write_config(tmp_path / "erpsync.toml", pc1, {"pc2": url(pc2)})
+        stop, cycled = threading.Event(), threading.Event()
+        first = service.Service(config, interval=60, stop=stop, on_cycle=lambda _state: cycled.set())
+        running = threading.Thread(target=first.run)
+        running.start()
+        try:
+            assert cycled.wait(30)
+            with pytest.raises(ServiceRunning, match="already runs"):
+                service.Service(config).run(once=True)  # same process: the heartbeat check lets it through
+        finally:
+            stop.set()
+            running.join()
+        assert service.Service(config).run(once=True).peers["pc2"].result == "ok"  # the lock is free again
+
+
 def test_the_configuration_policies_and_backoff() -> None:
     from erpsync.config import validate
 

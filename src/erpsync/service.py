@@ -19,7 +19,9 @@ answer while the database is down or locked by a long sync, the file works
 the same for every engine, and the heartbeat written every few seconds would
 otherwise be a write transaction on the ERP's database. A heartbeat thread
 keeps it fresh, so ``service status`` tells a running service from one that
-stopped or was killed, on Windows as on Linux, with no PID check.
+stopped or was killed, on Windows as on Linux, with no PID check. A lock on
+``erpsync.service.lock`` (the OS releases it when the process ends, however it
+ends) keeps a second service from starting in the same instant.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from erpsync.config import DEFAULT_PATH, Config, load_config
 from erpsync.db import Database, open_database
@@ -238,15 +242,29 @@ class Service:
 
     def run(self, *, once: bool = False) -> ServiceState:
         """Sync every interval until Ctrl-C or ``stop`` (one cycle with ``once``); the final state."""
-        if self.state.alive and self.state.pid != os.getpid():
-            raise ServiceRunning(
-                "the service already runs with {config} (process {pid} on {host}, seen at {when})",
-                "stop it first; see it with: erpsync service status",
-                config=str(self.path),
-                pid=self.state.pid,
-                host=self.state.host,
-                when=shown(self.state.heartbeat),
-            )
+        guard = FileLock(self.path.with_name(f"{self.path.stem}.service.lock"), thread_local=False)
+        try:
+            guard.acquire(timeout=0)
+        except Timeout:
+            raise self._already_running(read_state(self.path) or self.state) from None
+        try:
+            if self.state.alive and self.state.pid != os.getpid():  # another PC, through a shared folder
+                raise self._already_running(self.state)
+            return self._run(once)
+        finally:
+            guard.release()
+
+    def _already_running(self, state: ServiceState) -> ServiceRunning:
+        return ServiceRunning(
+            "the service already runs with {config} (process {pid} on {host}, seen at {when})",
+            "stop it first; see it with: erpsync service status",
+            config=str(self.path),
+            pid=state.pid,
+            host=state.host,
+            when=shown(state.heartbeat),
+        )
+
+    def _run(self, once: bool) -> ServiceState:
         with self.lock:
             self.state.pid, self.state.host = os.getpid(), platform.node()
             self.state.running, self.state.stopped = True, None
