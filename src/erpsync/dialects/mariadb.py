@@ -89,12 +89,14 @@ class MariaDB(Dialect):
     def join_update(
         self, table: str, temporary: str, where: Sequence[str], columns: Sequence[str]
     ) -> tuple[list[str], str, str]:
-        """A temporary table is not transactional here: one left by a failed batch is dropped first."""
+        """A temporary table is not transactional here: one left by a failed batch is dropped first.
+        Its primary key lets the optimizer join it to the table's rows one by one, key to key."""
         names = ", ".join([*columns, *where])
         return (
             [
                 f"DROP TEMPORARY TABLE IF EXISTS {temporary}",
-                f"CREATE TEMPORARY TABLE {temporary} AS SELECT {names} FROM {table} LIMIT 0",
+                f"CREATE TEMPORARY TABLE {temporary} (PRIMARY KEY ({', '.join(where)})) "
+                f"AS SELECT {names} FROM {table} LIMIT 0",
             ],
             f"UPDATE {table} t JOIN {temporary} u ON {' AND '.join(f't.{w} = u.{w}' for w in where)} "
             f"SET {', '.join(f't.{c} = u.{c}' for c in columns)}",
