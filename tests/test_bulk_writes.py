@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    create_engine,
     select,
     text,
 )
@@ -115,8 +116,8 @@ def test_bulk_update_sets_the_last_values_given_for_each_key(
     changes = [(f"{row[1]} v2", -i, row[0]) for i, row in enumerate(rows)]  # label, big, then the key id
     changes.append(("the last word", 7, rows[0][0]))
     with db.engine.begin() as conn:
-        db.dialect.bulk_update(conn, "awkward", ["id"], ["label", "big"], changes)
-        db.dialect.bulk_update(conn, "awkward", ["id"], ["code"], [("again", rows[-1][0])])
+        db.dialect.bulk_update(conn, table, ["id"], ["label", "big"], changes)
+        db.dialect.bulk_update(conn, table, ["id"], ["code"], [("again", rows[-1][0])])
     expected = [list(row) for row in rows]
     for i, row in enumerate(expected):
         row[1], row[3] = f"{row[1]} v2", -i
@@ -125,3 +126,37 @@ def test_bulk_update_sets_the_last_values_given_for_each_key(
     with db.connect() as conn:
         back = [list(row) for row in conn.execute(select(table).order_by(table.c.id))]
     assert back == expected
+
+
+@pytest.mark.parametrize("refusal", ["sql_safe_updates", "no CREATE TEMPORARY TABLES"])
+def test_a_mariadb_server_refusing_the_temporary_table_gets_one_update_per_row(
+    db: Database, engine_name: str, refusal: str
+) -> None:
+    if engine_name != "mariadb":
+        pytest.skip("MariaDB's temporary table")
+    table = _table()
+    table.create(db.engine)
+    rows = _rows(engine_name, 50)
+    with db.engine.begin() as conn:
+        db.dialect.bulk_insert(conn, table, [c.key for c in table.columns], rows)
+    account = db.url.set(username="erpsync_limited", password="limited-pw")
+    with db.engine.begin() as conn:
+        conn.execute(text("DROP USER IF EXISTS 'erpsync_limited'@'%'"))
+        conn.execute(text("CREATE USER 'erpsync_limited'@'%' IDENTIFIED BY 'limited-pw'"))
+        conn.execute(
+            text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{db.url.database}`.* TO 'erpsync_limited'@'%'")
+        )
+    try:
+        limited = create_engine(account if refusal != "sql_safe_updates" else db.url)
+        with limited.begin() as conn:
+            if refusal == "sql_safe_updates":
+                conn.execute(text("SET SESSION sql_safe_updates = 1"))
+            db.dialect.bulk_update(conn, table, ["id"], ["label"], [(f"v{row[0]}", row[0]) for row in rows])
+        limited.dispose()
+    finally:
+        with db.engine.begin() as conn:
+            conn.execute(text("DROP USER 'erpsync_limited'@'%'"))
+    with db.connect() as conn:
+        assert [tuple(r) for r in conn.execute(select(table.c.id, table.c.label).order_by(table.c.id))] == [
+            (row[0], f"v{row[0]}") for row in rows
+        ]

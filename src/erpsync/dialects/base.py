@@ -76,12 +76,12 @@ class Dialect:
     paramstyle_mark: ClassVar[str] = "%s"
 
     join_update_rows: ClassVar[int | None] = None
-    """From how many rows ``bulk_update`` goes through a temporary table (``None``: never)."""
+    """From how many rows ``bulk_update`` tries ``joined_update`` (``None``: never)."""
 
     def bulk_update(
         self,
         conn: Connection,
-        table: str,
+        table: Table,
         where: Sequence[str],
         columns: Sequence[str],
         rows: Sequence[Sequence[Any]],
@@ -91,33 +91,30 @@ class Dialect:
         Each row holds the new values of ``columns``, then the values of
         ``where``. On SQLite, in the process, one ``UPDATE`` per row
         (``executemany``) is the fastest. On a server each statement is a round
-        trip: many rows are loaded into a temporary table, the engine's bulk
-        path, and set with one ``UPDATE`` joined to it.
+        trip: many rows go in one ``UPDATE`` joined to them (``joined_update``),
+        where the server allows it.
         """
+        if self.join_update_rows is not None and len(rows) >= self.join_update_rows:
+            # a key listed twice ends with its last values, as with one UPDATE after the other
+            latest = list({tuple(row[len(columns) :]): row for row in rows}.values())
+            if self.joined_update(conn, table, where, columns, latest):
+                return
         quote = conn.dialect.identifier_preparer.quote
-        if self.join_update_rows is None or len(rows) < self.join_update_rows:
-            assignments = ", ".join(f"{quote(n)} = {self.paramstyle_mark}" for n in columns)
-            condition = " AND ".join(f"{quote(w)} = {self.paramstyle_mark}" for w in where)
-            execute_many(conn, f"UPDATE {quote(table)} SET {assignments} WHERE {condition}", rows)
-            return
-        # a row listed twice ends with its last values, as with one UPDATE after the other
-        latest = list({tuple(row[len(columns) :]): row for row in rows}.values())
-        names = [*columns, *where]
-        setup, update, cleanup = self.join_update(
-            quote(table), quote(JOIN_TABLE), [quote(w) for w in where], [quote(c) for c in columns]
-        )
-        for sql in setup:
-            conn.exec_driver_sql(sql)
-        self.bulk_insert(conn, Table(JOIN_TABLE, sa.MetaData(), *[Column(n) for n in names]), names, latest)
-        conn.exec_driver_sql(update)
-        conn.exec_driver_sql(cleanup)
+        assignments = ", ".join(f"{quote(n)} = {self.paramstyle_mark}" for n in columns)
+        condition = " AND ".join(f"{quote(w)} = {self.paramstyle_mark}" for w in where)
+        execute_many(conn, f"UPDATE {quote(table.name)} SET {assignments} WHERE {condition}", rows)
 
-    def join_update(
-        self, table: str, temporary: str, where: Sequence[str], columns: Sequence[str]
-    ) -> tuple[list[str], str, str]:
-        """For ``bulk_update`` (quoted names): the statements that create ``temporary`` with
-        the types of ``columns`` and ``where`` in ``table``, the joined ``UPDATE``, the ``DROP``."""
-        raise NotImplementedError
+    def joined_update(
+        self,
+        conn: Connection,
+        table: Table,
+        where: Sequence[str],
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+    ) -> bool:
+        """``bulk_update`` in one statement (each key listed once); False if the server refuses it,
+        having written nothing."""
+        return False
 
     def after_explicit_ids(self, conn: Connection, table: Table) -> None:
         """Make the next generated id follow rows inserted with explicit ids."""
@@ -267,10 +264,6 @@ class Dialect:
 
     def check_procedures_supported(self, conn: Connection) -> None:
         """Refuse, before anything is written, a server that cannot run erpsync's procedures."""
-
-
-JOIN_TABLE = "erpsync_update"
-"""The temporary table of ``Dialect.bulk_update`` on the servers."""
 
 
 def execute_many(conn: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:

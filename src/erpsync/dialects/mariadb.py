@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import Connection, Select, String, Subquery, Table, cast, func, select
+from sqlalchemy import Column, Connection, Select, String, Subquery, Table, cast, func, select
 from sqlalchemy.dialects import mysql as mysql_types
 from sqlalchemy.dialects.mysql import CHAR
 from sqlalchemy.engine import URL
@@ -27,6 +27,10 @@ CANNOT_CONNECT = {2002, 2003, 2005, 2006, 2013}
 ACCESS_DENIED = {1044, 1045, 1698}
 UNKNOWN_DATABASE = 1049
 DEADLOCK = {1213, 1205}  # deadlock found; lock wait timeout exceeded
+UPDATE_TABLE = "erpsync_update"
+"""The temporary table of ``joined_update``."""
+JOINED_UPDATES = "erpsync_joined_updates"
+"""Whether the connection's server allows ``joined_update`` (checked once per connection)."""
 STATEMENT_CHARACTERS = 250_000
 """Characters of a bulk ``INSERT``: at most 1 MB in UTF-8, what PyMySQL's ``executemany`` sends."""
 
@@ -86,22 +90,50 @@ class MariaDB(Dialect):
 
     join_update_rows = 20
 
-    def join_update(
-        self, table: str, temporary: str, where: Sequence[str], columns: Sequence[str]
-    ) -> tuple[list[str], str, str]:
-        """A temporary table is not transactional here: one left by a failed batch is dropped first.
-        Its primary key lets the optimizer join it to the table's rows one by one, key to key."""
-        names = ", ".join([*columns, *where])
-        return (
-            [
-                f"DROP TEMPORARY TABLE IF EXISTS {temporary}",
-                f"CREATE TEMPORARY TABLE {temporary} (PRIMARY KEY ({', '.join(where)})) "
-                f"AS SELECT {names} FROM {table} LIMIT 0",
-            ],
-            f"UPDATE {table} t JOIN {temporary} u ON {' AND '.join(f't.{w} = u.{w}' for w in where)} "
-            f"SET {', '.join(f't.{c} = u.{c}' for c in columns)}",
-            f"DROP TEMPORARY TABLE {temporary}",
+    def joined_update(
+        self,
+        conn: Connection,
+        table: Table,
+        where: Sequence[str],
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+    ) -> bool:
+        """The rows loaded into a temporary table (the bulk insert above), then one ``UPDATE … JOIN``.
+
+        Its primary key joins it to the table key to key (and satisfies
+        ``innodb_force_primary_key``). A temporary table is not transactional: one
+        left by a failed batch is dropped first. A server that refuses it (no
+        ``CREATE TEMPORARY TABLES`` privilege, ``sql_safe_updates``) is noted on the
+        connection and gets one ``UPDATE`` per row; a refused ``CREATE`` changes
+        nothing, even inside the transaction.
+        """
+        allowed = conn.info.get(JOINED_UPDATES)
+        if allowed is None:
+            allowed = conn.info[JOINED_UPDATES] = not conn.exec_driver_sql(
+                "SELECT @@sql_safe_updates"
+            ).scalar()
+        if not allowed:
+            return False
+        quote = conn.dialect.identifier_preparer.quote
+        names = [*columns, *where]
+        temporary, keys = quote(UPDATE_TABLE), ", ".join(map(quote, where))
+        try:
+            conn.exec_driver_sql(f"DROP TEMPORARY TABLE IF EXISTS {temporary}")
+            conn.exec_driver_sql(
+                f"CREATE TEMPORARY TABLE {temporary} (PRIMARY KEY ({keys})) "
+                f"AS SELECT {', '.join(map(quote, names))} FROM {quote(table.name)} LIMIT 0"
+            )
+        except DBAPIError:
+            conn.info[JOINED_UPDATES] = False
+            return False
+        self.bulk_insert(conn, Table(UPDATE_TABLE, sa.MetaData(), *[Column(n) for n in names]), names, rows)
+        conn.exec_driver_sql(
+            f"UPDATE {quote(table.name)} t JOIN {temporary} u "
+            f"ON {' AND '.join(f't.{quote(w)} = u.{quote(w)}' for w in where)} "
+            f"SET {', '.join(f't.{quote(c)} = u.{quote(c)}' for c in columns)}"
         )
+        conn.exec_driver_sql(f"DROP TEMPORARY TABLE {temporary}")
+        return True
 
     def is_retryable(self, exc: DBAPIError) -> bool:
         return bool(exc.orig is not None and exc.orig.args and exc.orig.args[0] in DEADLOCK)

@@ -53,16 +53,40 @@ class PostgreSQL(Dialect):
 
     join_update_rows = 20
 
-    def join_update(
-        self, table: str, temporary: str, where: Sequence[str], columns: Sequence[str]
-    ) -> tuple[list[str], str, str]:
-        names = ", ".join([*columns, *where])
-        return (
-            [f"CREATE TEMPORARY TABLE {temporary} AS SELECT {names} FROM {table} WITH NO DATA"],
-            f"UPDATE {table} t SET {', '.join(f'{c} = u.{c}' for c in columns)} FROM {temporary} u "
-            f"WHERE {' AND '.join(f't.{w} = u.{w}' for w in where)}",
-            f"DROP TABLE pg_temp.{temporary}",
+    def joined_update(
+        self,
+        conn: Connection,
+        table: Table,
+        where: Sequence[str],
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+    ) -> bool:
+        """``UPDATE … FROM unnest(…)``: each column's values bound as one array of the column's
+        own type, so they convert as one ``UPDATE`` per row converts them. No temporary table:
+        the right to update is enough. A column psycopg cannot send as one array (values of
+        mixed types) is refused before anything is sent."""
+        quote = conn.dialect.identifier_preparer.quote
+        names = [*columns, *where]
+        types = _column_types(conn, table)
+        arrays = ", ".join(f"%s::{types[n]}[]" for n in names)
+        sql = (
+            f"UPDATE {quote(table.name)} t SET {', '.join(f'{quote(c)} = u.{quote(c)}' for c in columns)} "
+            f"FROM unnest({arrays}) AS u({', '.join(map(quote, names))}) "
+            f"WHERE {' AND '.join(f't.{quote(w)} = u.{quote(w)}' for w in where)}"
         )
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            with driver_errors(conn, sql):
+                cursor.execute(sql, [list(column) for column in zip(*rows, strict=True)])
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) is not None:  # the server's: the transaction failed
+                raise
+            return False
+        except TypeError:
+            return False
+        finally:
+            cursor.close()
+        return True
 
     def after_explicit_ids(self, conn: Connection, table: Table) -> None:
         """Move the id sequence past the largest id, as MariaDB and SQLite do by themselves."""
@@ -263,3 +287,16 @@ def _server_reason(text: str) -> str:
         return text.rsplit("FATAL:", 1)[1].strip().splitlines()[0]
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return (lines[-1] if lines else text).removeprefix("connection failed:").strip()
+
+
+def _column_types(conn: Connection, table: Table) -> dict[str, str]:
+    """Each column's SQL type (``numeric(12,2)``…), from the catalog; kept with the table."""
+    types: dict[str, str] | None = table.info.get("erpsync_types")
+    if types is None:
+        found = conn.exec_driver_sql(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = %(t)s::regclass AND attnum > 0 AND NOT attisdropped",
+            {"t": conn.dialect.identifier_preparer.quote(table.name)},
+        )
+        types = table.info["erpsync_types"] = {name: kind for name, kind in found}
+    return types

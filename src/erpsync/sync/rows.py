@@ -88,7 +88,7 @@ class TableRows:
             self.many(sql, [_converted([r[n] for n in names], convert) for r in group])
 
     def update_rows(
-        self, table: str, where: Sequence[str], rows: list[dict[str, Any]], processors: bool = False
+        self, table: Table, where: Sequence[str], rows: list[dict[str, Any]], processors: bool = False
     ) -> None:
         """Update ``table``: each dict holds the ``where`` columns' values and the columns to set."""
         for group in _same_keys(rows):
@@ -180,9 +180,8 @@ class TableRows:
 
     def write_shadows(self, inserts: list[dict[str, Any]], updates: list[dict[str, Any]]) -> None:
         """Insert new metadata rows and update existing ones (their ``gid`` names the row)."""
-        name = self.table.shadow.name
-        self.insert_rows(name, inserts)
-        self.update_rows(name, ["gid"], updates)
+        self.insert_rows(self.table.shadow.name, inserts)
+        self.update_rows(self.table.shadow, ["gid"], updates)
 
     def restamp(self, gids: Sequence[str], columns: Iterable[int] | None = None) -> None:
         """Write the current values of ``columns`` (default all) again, with a new local clock.
@@ -285,7 +284,7 @@ class TableRows:
         """Update application rows: (key, {column name: value}), grouped by the columns set."""
         names = [c.name for c in self.key_columns]
         rows = [{**values, **dict(zip(names, key, strict=True))} for key, values in changes if values]
-        self.update_rows(self.table.app.name, names, rows, processors=True)
+        self.update_rows(self.table.app, names, rows, processors=True)
 
     def delete_app(self, keys: Sequence[Key]) -> None:
         """Delete application rows by key."""

@@ -423,7 +423,7 @@ class _Undo:
             else:
                 done.setdefault(table.number, []).append((row, None))
             shadows.append(meta)
-        rows.update_rows(table.app.name, key_names, changes)  # raw values, as the receipt kept them
+        rows.update_rows(table.app, key_names, changes)  # raw values, as the receipt kept them
         rows.write_shadows([], shadows)
 
     def _record(self, target: SyncRecord) -> None:
