@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from sqlalchemy import (
@@ -25,7 +27,8 @@ from sqlalchemy import (
     text,
 )
 
-from erpsync.db import Database
+from erpsync.db import Database, open_database
+from tests.conftest import fresh_database
 
 TEXTS = [
     "plain",
@@ -82,20 +85,30 @@ def _rows(engine: str, count: int) -> list[tuple[object, ...]]:
     return rows
 
 
-@pytest.mark.parametrize("no_backslash_escapes", [False, True], ids=["default", "no-backslash-escapes"])
-def test_awkward_values_round_trip_in_every_statement(
-    db: Database, engine_name: str, no_backslash_escapes: bool
-) -> None:
+@pytest.fixture
+def mariadb(tmp_path: Path) -> Iterator[Database]:
+    """A fresh MariaDB database, for what only MariaDB has (its server modes, its temporary tables)."""
+    with fresh_database("mariadb", tmp_path) as url, open_database(url, create=True) as database:
+        yield database
+
+
+def test_awkward_values_round_trip_in_every_statement(db: Database, engine_name: str) -> None:
     """Quotes, backslashes, NUL, percent signs, non-ASCII and big integers, over several statements."""
-    if no_backslash_escapes and engine_name != "mariadb":
-        pytest.skip("a MariaDB server mode")
+    _round_trip(db, engine_name, "")
+
+
+def test_awkward_values_round_trip_under_no_backslash_escapes(mariadb: Database) -> None:
+    _round_trip(mariadb, "mariadb", "SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')")
+
+
+def _round_trip(db: Database, engine: str, setting: str) -> None:
     table = _table()
     table.create(db.engine)
-    rows = _rows(engine_name, 2500)  # over 1 MB of text on MariaDB: several statements
+    rows = _rows(engine, 2500)  # over 1 MB of text on MariaDB: several statements
     columns = [c.key for c in table.columns]
     with db.engine.begin() as conn:
-        if no_backslash_escapes:
-            conn.execute(text("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')"))
+        if setting:
+            conn.execute(text(setting))
         assert db.dialect.bulk_insert(conn, table, columns, rows) == len(rows)
     with db.connect() as conn:
         back = [tuple(row) for row in conn.execute(select(table).order_by(table.c.id))]
@@ -130,13 +143,12 @@ def test_bulk_update_sets_the_last_values_given_for_each_key(
 
 @pytest.mark.parametrize("refusal", ["sql_safe_updates", "no CREATE TEMPORARY TABLES"])
 def test_a_mariadb_server_refusing_the_temporary_table_gets_one_update_per_row(
-    db: Database, engine_name: str, refusal: str
+    mariadb: Database, refusal: str
 ) -> None:
-    if engine_name != "mariadb":
-        pytest.skip("MariaDB's temporary table")
+    db = mariadb
     table = _table()
     table.create(db.engine)
-    rows = _rows(engine_name, 50)
+    rows = _rows("mariadb", 50)
     with db.engine.begin() as conn:
         db.dialect.bulk_insert(conn, table, [c.key for c in table.columns], rows)
     account = db.url.set(username="erpsync_limited", password="limited-pw")

@@ -253,6 +253,24 @@ def test_a_pull_fetches_a_parent_deleted_here_while_the_stream_of_changes_is_ope
             ) == [("CLI-GONE",)]
 
 
+def test_a_stream_left_open_does_not_block_the_next_one(server: Sshd, tmp_path: Path) -> None:
+    """A library caller that keeps a half-read stream: the next stream goes on a second connection."""
+    with nodes(tmp_path, "sqlite", scale=1) as (hub,):
+        peer = SshPeer(remote(server, hub, tmp_path))
+        try:
+            upto = peer.hello().seq
+            left_open = peer.changes("tb_lignecommande", 0, 0, upto, "pc", 100)
+            first = next(left_open)
+            again = list(peer.changes("tb_lignecommande", 0, 0, upto, "pc", 100))
+            assert again[0].rows == first.rows and len(again) > 1
+            left_open.close()
+            assert [b.upto for b in peer.changes("tb_lignecommande", 0, 0, upto, "pc", 100)] == [
+                b.upto for b in again
+            ]
+        finally:
+            peer.close()
+
+
 def test_a_push_of_thousands_of_rows_in_small_batches(server: Sshd, tmp_path: Path) -> None:
     with nodes(tmp_path, "sqlite", "sqlite") as (pc, hub):
         _lines(pc, 2000)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -131,6 +133,26 @@ def test_reading_ahead_keeps_the_order_and_fails_where_the_reading_failed() -> N
     assert [next(ahead) for _ in range(3)] == [0, 1, 2]
     with pytest.raises(ConnectionResetError, match="hung up"):
         next(ahead)
+
+
+def test_a_caller_that_stops_does_not_wait_for_the_read_under_way() -> None:
+    """Ctrl-C or an error while a slow peer sends the next batch: no wait; the stream ends after."""
+    closed = threading.Event()
+
+    def batches() -> Iterator[Any]:
+        try:
+            yield 0
+            time.sleep(3)  # the next batch, slow to come
+            yield 1
+        finally:
+            closed.set()
+
+    ahead = read_ahead(batches())
+    assert next(ahead) == 0
+    started = time.monotonic()
+    ahead.close()
+    assert time.monotonic() - started < 1
+    assert closed.wait(10)  # once the read is done, the reading thread closes the stream
 
 
 def test_update_against_delete_the_later_wins(pair: list[Database]) -> None:

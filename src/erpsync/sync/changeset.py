@@ -21,7 +21,7 @@ import base64
 import gc
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
@@ -143,7 +143,7 @@ def read_changes(
     upto: int,
     for_node: str | None,
     batch_rows: int = BATCH_ROWS,
-) -> Iterator[Batch]:
+) -> Generator[Batch, None, None]:
     """The batches of one table and stream between ``since`` and ``upto``.
 
     Rows whose state came entirely from ``for_node`` are not sent back to it.

@@ -15,7 +15,7 @@ the HTTP, SSH and shared-folder transports (issue 6) implement the same
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -68,7 +68,7 @@ class Peer(Protocol):
 
     def changes(
         self, table: str, stream: int, since: int, upto: int, for_node: str, batch_rows: int
-    ) -> Iterator[Batch]:
+    ) -> Generator[Batch, None, None]:
         """The batches of one table and stream."""
 
     def fetch(self, table: str, gids: list[str]) -> Batch:
@@ -144,7 +144,7 @@ class LocalPeer:
 
     def changes(
         self, table: str, stream: int, since: int, upto: int, for_node: str, batch_rows: int
-    ) -> Iterator[Batch]:
+    ) -> Generator[Batch, None, None]:
         return changeset.read_changes(
             self.node, self.node.table(table), stream, since, upto, for_node, batch_rows
         )

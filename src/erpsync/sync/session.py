@@ -25,9 +25,11 @@ receipts of what they changed under it, so ``erpsync sync undo`` can revert it.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Generator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -325,29 +327,68 @@ def transfer(
         batches = source.changes(
             table, stream, since.get((table, stream), 0), source_hello.seq, target_hello.node_id, batch_rows
         )
-        for batch in batches if source.in_process and target.in_process else read_ahead(batches):
-            batch.sync_id = summary.id
-            result = apply_with_references(source, target, batch, policies)
-            summary.table(table).add(result, len(batch.rows), incoming=incoming)
-            summary.batches += 1
-            done += len(batch.rows)
-            progress(label, min(done, total), total)
+        reading = batches if source.in_process and target.in_process else read_ahead(batches)
+        with closing(reading):  # a stream left midway (an error, a stop) ends now, not when collected
+            for batch in reading:
+                batch.sync_id = summary.id
+                result = apply_with_references(source, target, batch, policies)
+                summary.table(table).add(result, len(batch.rows), incoming=incoming)
+                summary.batches += 1
+                done += len(batch.rows)
+                progress(label, min(done, total), total)
 
 
-def read_ahead(batches: Iterator[Batch]) -> Iterator[Batch]:
+_Read = tuple[Batch | None, BaseException | None]
+"""A batch read (``None``: no more), or what reading raised."""
+
+
+def read_ahead(batches: Generator[Batch, None, None]) -> Generator[Batch, None, None]:
     """``batches``, the next one read in a thread while the caller applies the current one.
 
     Reading and applying each take about half of a transfer. When one side is
     a server or a network peer, this process mostly waits on it (the GIL is
     free), so they overlap; with SQLite on both sides both are Python work in
     this process and the threads would only take turns. Batches are still
-    applied one at a time, in order.
+    applied one at a time, in order. A caller that stops (an error, Ctrl-C)
+    does not wait for the read under way: the thread ends the stream once that
+    read is done, and dies with the process.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="erpsync-read") as pool:
-        pending = pool.submit(next, batches, None)
-        while (batch := pending.result()) is not None:
-            pending = pool.submit(next, batches, None)
+    wanted: queue.SimpleQueue[bool] = queue.SimpleQueue()
+    ready: queue.SimpleQueue[_Read] = queue.SimpleQueue()
+
+    def read() -> None:
+        try:
+            while wanted.get():
+                try:
+                    ready.put((next(batches, None), None))
+                except BaseException as exc:  # handed to the caller, raised there
+                    ready.put((None, exc))
+                    return
+        finally:
+            batches.close()
+
+    threading.Thread(target=read, name="erpsync-read", daemon=True).start()
+    wanted.put(True)
+    try:
+        while True:
+            batch, error = _next_ready(ready)
+            if error is not None:
+                raise error
+            if batch is None:
+                return
+            wanted.put(True)
             yield batch
+    finally:
+        wanted.put(False)
+
+
+def _next_ready(ready: queue.SimpleQueue[_Read]) -> _Read:
+    """The next result, waiting in short steps: Ctrl-C is only seen between them on Windows."""
+    while True:
+        try:
+            return ready.get(timeout=0.25)
+        except queue.Empty:
+            continue
 
 
 def apply_with_references(

@@ -17,7 +17,7 @@ import random
 import ssl
 import time
 import zlib
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Generator, Iterator
 from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -120,7 +120,7 @@ class HttpPeer:
 
     def changes(
         self, table: str, stream: int, since: int, upto: int, for_node: str, batch_rows: int
-    ) -> Iterator[Batch]:
+    ) -> Generator[Batch, None, None]:
         """The batches, streamed; a stream cut short is asked for again after the last batch received."""
         start, failures = since, 0
         while start < upto:

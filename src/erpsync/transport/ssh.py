@@ -33,7 +33,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Generator, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -393,10 +393,19 @@ class SshPeer:
 
     def changes(
         self, table: str, stream: int, since: int, upto: int, for_node: str, batch_rows: int
-    ) -> Iterator[Batch]:
-        """The batches, one frame each; a connection broken midway is opened again after the last batch."""
-        with self._busy:
+    ) -> Generator[Batch, None, None]:
+        """The batches, one frame each; a connection broken midway is opened again after the last batch.
+
+        The stream holds the connection until it ends or is closed; one asked
+        for meanwhile (a stream left open by a caller) goes on the spare one.
+        """
+        if not self._busy.acquire(blocking=False):
+            yield from self._second().changes(table, stream, since, upto, for_node, batch_rows)
+            return
+        try:
             yield from self._stream(table, stream, since, upto, for_node, batch_rows)
+        finally:
+            self._busy.release()
 
     def _stream(
         self, table: str, stream: int, since: int, upto: int, for_node: str, batch_rows: int
@@ -487,21 +496,21 @@ class SshPeer:
         fetches the parents a batch lacks while the rest of the stream is coming.
         """
         if not self._busy.acquire(blocking=False):
-            if self._spare is None:
-                url, ssh = self._given
-                self._spare = SshPeer(
-                    url,
-                    name=self.name,
-                    timeout=self.timeout,
-                    retries=self.retries,
-                    backoff=self.backoff,
-                    ssh=ssh,
-                )
-            return self._spare._call(op, body, model)
+            return self._second()._call(op, body, model)
         try:
             return self._ask(op, body, model)
         finally:
             self._busy.release()
+
+    def _second(self) -> SshPeer:
+        """The spare connection's peer, started on first use, closed with this one."""
+        if self._spare is None:
+            url, ssh = self._given
+            self._spare = SshPeer(
+                url, name=self.name, timeout=self.timeout, retries=self.retries, backoff=self.backoff, ssh=ssh
+            )
+            self._spare._worked = self._worked  # one connection worked: a failure to open is retried
+        return self._spare
 
     def _ask(self, op: str, body: BaseModel | None, model: type[Model]) -> Model:
         """One request and its answer, retried on a new connection when the connection breaks."""
