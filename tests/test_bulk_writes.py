@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.exc import DBAPIError
 
 from erpsync.db import Database, open_database
 from tests.conftest import fresh_database
@@ -89,6 +90,13 @@ def _rows(engine: str, count: int) -> list[tuple[object, ...]]:
 def mariadb(tmp_path: Path) -> Iterator[Database]:
     """A fresh MariaDB database, for what only MariaDB has (its server modes, its temporary tables)."""
     with fresh_database("mariadb", tmp_path) as url, open_database(url, create=True) as database:
+        yield database
+
+
+@pytest.fixture
+def postgresql(tmp_path: Path) -> Iterator[Database]:
+    """A fresh PostgreSQL database, for its own types."""
+    with fresh_database("postgresql", tmp_path) as url, open_database(url, create=True) as database:
         yield database
 
 
@@ -172,3 +180,30 @@ def test_a_mariadb_server_refusing_the_temporary_table_gets_one_update_per_row(
         assert [tuple(r) for r in conn.execute(select(table.c.id, table.c.label).order_by(table.c.id))] == [
             (row[0], f"v{row[0]}") for row in rows
         ]
+
+
+def test_postgresql_updates_many_rows_as_it_updates_one(postgresql: Database) -> None:
+    """A value too long is refused, not cut; arrays and a mix of aware and naive times are kept."""
+    db = postgresql
+    with db.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (id int PRIMARY KEY, code varchar(5), tags int[], at timestamptz)"))
+        conn.execute(text("INSERT INTO t SELECT g, 'c', ARRAY[g], NULL FROM generate_series(1, 30) g"))
+    table = Table("t", MetaData(), autoload_with=db.engine)
+    paris = timezone(timedelta(hours=2))
+    with db.engine.begin() as conn:
+        conn.execute(text("SET TIME ZONE 'UTC'"))
+        db.dialect.bulk_update(conn, table, ["id"], ["tags"], [([i, i], i) for i in range(1, 31)])
+        db.dialect.bulk_update(
+            conn,
+            table,
+            ["id"],
+            ["at"],
+            [(datetime(2026, 1, 1, 12, tzinfo=paris if i % 2 else None), i) for i in range(1, 31)],
+        )
+    with db.connect() as conn:
+        found = {r.id: (r.tags, r.at.hour) for r in conn.execute(text("SELECT id, tags, at FROM t"))}
+    assert found == {i: ([i, i], 10 if i % 2 else 12) for i in range(1, 31)}
+    with pytest.raises(DBAPIError, match="too long"), db.engine.begin() as conn:
+        db.dialect.bulk_update(conn, table, ["id"], ["code"], [("abcdefgh", i) for i in range(1, 31)])
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT DISTINCT code FROM t")).scalars().all() == ["c"]

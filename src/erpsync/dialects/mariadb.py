@@ -123,7 +123,9 @@ class MariaDB(Dialect):
                 f"CREATE TEMPORARY TABLE {temporary} (PRIMARY KEY ({keys})) "
                 f"AS SELECT {', '.join(map(quote, names))} FROM {quote(table.name)} LIMIT 0"
             )
-        except DBAPIError:
+        except DBAPIError as exc:
+            if self.is_retryable(exc):  # a deadlock ended the transaction: not a refusal
+                raise
             conn.info[JOINED_UPDATES] = False
             return False
         self.bulk_insert(conn, Table(UPDATE_TABLE, sa.MetaData(), *[Column(n) for n in names]), names, rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime, time
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -62,12 +63,20 @@ class PostgreSQL(Dialect):
         rows: Sequence[Sequence[Any]],
     ) -> bool:
         """``UPDATE … FROM unnest(…)``: each column's values bound as one array of the column's
-        own type, so they convert as one ``UPDATE`` per row converts them. No temporary table:
-        the right to update is enough. A column psycopg cannot send as one array (values of
-        mixed types) is refused before anything is sent."""
+        type without its length (``varchar``, not ``varchar(20)``: a cast would cut a value too
+        long, the assignment refuses it), so they convert as one ``UPDATE`` per row converts them.
+        No temporary table: the right to update is enough.
+
+        Refused before anything is sent: an array column (``unnest`` would flatten it), values
+        psycopg cannot send as one array (mixed types), and aware and naive datetimes in one
+        column (psycopg would send them all as the last one is).
+        """
         quote = conn.dialect.identifier_preparer.quote
         names = [*columns, *where]
         types = _column_types(conn, table)
+        values = [list(column) for column in zip(*rows, strict=True)]
+        if any(types[n] is None for n in names) or any(map(_mixes_time_zones, values)):
+            return False
         arrays = ", ".join(f"%s::{types[n]}[]" for n in names)
         sql = (
             f"UPDATE {quote(table.name)} t SET {', '.join(f'{quote(c)} = u.{quote(c)}' for c in columns)} "
@@ -77,7 +86,7 @@ class PostgreSQL(Dialect):
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             with driver_errors(conn, sql):
-                cursor.execute(sql, [list(column) for column in zip(*rows, strict=True)])
+                cursor.execute(sql, values)
         except DBAPIError as exc:
             if getattr(exc.orig, "sqlstate", None) is not None:  # the server's: the transaction failed
                 raise
@@ -289,14 +298,22 @@ def _server_reason(text: str) -> str:
     return (lines[-1] if lines else text).removeprefix("connection failed:").strip()
 
 
-def _column_types(conn: Connection, table: Table) -> dict[str, str]:
-    """Each column's SQL type (``numeric(12,2)``…), from the catalog; kept with the table."""
-    types: dict[str, str] | None = table.info.get("erpsync_types")
+def _column_types(conn: Connection, table: Table) -> dict[str, str | None]:
+    """Each column's SQL type without length or precision (``None`` for an array), from the
+    catalog; kept with the table."""
+    types: dict[str, str | None] | None = table.info.get("erpsync_types")
     if types is None:
         found = conn.exec_driver_sql(
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-            "WHERE attrelid = %(t)s::regclass AND attnum > 0 AND NOT attisdropped",
+            "SELECT a.attname, CASE WHEN t.typcategory <> 'A' THEN format_type(a.atttypid, -1) END "
+            "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+            "WHERE a.attrelid = %(t)s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
             {"t": conn.dialect.identifier_preparer.quote(table.name)},
         )
         types = table.info["erpsync_types"] = {name: kind for name, kind in found}
     return types
+
+
+def _mixes_time_zones(values: list[Any]) -> bool:
+    """Whether a column holds datetimes or times both with and without a time zone."""
+    zones = {v.tzinfo is None for v in values if isinstance(v, datetime | time)}
+    return len(zones) > 1

@@ -21,6 +21,7 @@ in one extra query per batch, so undo can revert the sync.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import DBAPIError
 
 from erpsync.errors import ErpSyncError
 from erpsync.sync import conflicts, history
@@ -130,8 +132,13 @@ def apply_batch(
             try:
                 work = _Apply(rows, batch, policies, source, result, restore, skip, receipt)
                 touched = work.run()
-            finally:
-                node.dialect.unmute_capture(conn)
+            except BaseException:
+                # MariaDB's mute is the session's; on PostgreSQL the failed transaction refuses
+                # the statement (its rollback unmutes): the error to report is the first one
+                with contextlib.suppress(DBAPIError):
+                    node.dialect.unmute_capture(conn)
+                raise
+            node.dialect.unmute_capture(conn)
             journal_renumbering(rows, work.renumbered)
             _check_concurrent(conn, table, touched)
             if receipt is not None:
