@@ -124,24 +124,30 @@ def test_thousands_of_rows_edited_on_both_sides_merge_column_by_column(pair: lis
 
 def test_reading_ahead_keeps_the_order_and_fails_where_the_reading_failed() -> None:
     """What a transfer from a server or a network peer goes through: the next batch read in a thread."""
+    reading_second = threading.Event()
 
     def batches() -> Iterator[Any]:
-        yield from range(3)
+        yield 0
+        reading_second.set()
+        yield from range(1, 3)
         raise ConnectionResetError("the peer hung up")
 
     ahead = read_ahead(batches())
-    assert [next(ahead) for _ in range(3)] == [0, 1, 2]
+    assert next(ahead) == 0
+    assert reading_second.wait(5)  # read while the caller still works on the first one
+    assert [next(ahead) for _ in range(2)] == [1, 2]
     with pytest.raises(ConnectionResetError, match="hung up"):
         next(ahead)
 
 
 def test_a_caller_that_stops_does_not_wait_for_the_read_under_way() -> None:
     """Ctrl-C or an error while a slow peer sends the next batch: no wait; the stream ends after."""
-    closed = threading.Event()
+    reading, closed = threading.Event(), threading.Event()
 
     def batches() -> Iterator[Any]:
         try:
             yield 0
+            reading.set()
             time.sleep(3)  # the next batch, slow to come
             yield 1
         finally:
@@ -149,6 +155,7 @@ def test_a_caller_that_stops_does_not_wait_for_the_read_under_way() -> None:
 
     ahead = read_ahead(batches())
     assert next(ahead) == 0
+    assert reading.wait(5)
     started = time.monotonic()
     ahead.close()
     assert time.monotonic() - started < 1

@@ -224,7 +224,6 @@ class _Apply(Inserts):
         positions = {c: i for i, c in enumerate(batch.columns)}
         try:
             self.order = [positions[c.key] for c in self.table.columns]
-            self.in_order = self.order == list(range(len(self.order)))
         except KeyError as exc:
             raise ErpSyncError(
                 "the batch for {table} lacks column {column}",
@@ -232,6 +231,7 @@ class _Apply(Inserts):
                 table=self.table.name,
                 column=exc.args[0],
             ) from None
+        self.in_order = self.order == list(range(len(self.order)))
         self.encoders = [encoder(c.type) for c in self.table.columns]
         self.column_policies = [policy_for(policies, self.table, c.key) for c in self.table.columns]
         self.shadow_keys = [f"k{i}" for i in range(len(self.table.keys))]

@@ -117,8 +117,7 @@ class Inserts:
         app_rows: list[tuple[Any, ...]] = []
         # Python's sqlite3 binds NULL slowly: each shape of row lists only the columns it fills
         fixed = ("gid", *(f"k{j}" for j in range(len(table.keys))), "seq", "deleted", "src", "bh", "bn")
-        shadow_rows: dict[tuple[str, ...], list[tuple[Any, ...]]] = {fixed: []}
-        written_once = shadow_rows[fixed]  # most rows: one clock for every column, no delete seen
+        shadow_rows: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         source = self.source
         for i, key, seq in zip(chosen, keys, self.state.next_seqs(len(chosen)), strict=True):
             r = rows[i]
@@ -136,10 +135,7 @@ class Inserts:
                 app_rows.append((*key, *values))
             self.touched.append(key)
             first = r.clocks[0]
-            if r.clocks.count(first) == width and not r.versions and r.deleted is None:
-                written_once.append((r.gid, *key, seq, 0, source, first.hlc, number(first.node)))
-                continue
-            if r.clocks.count(first) == width:
+            if r.clocks.count(first) == width:  # most rows: one clock for every column
                 row: tuple[Any, ...] = (r.gid, *key, seq, 0, source, first.hlc, number(first.node))
                 extra: dict[str, Any] = {}
             else:
@@ -150,7 +146,7 @@ class Inserts:
                 extra["vv"] = self.rows.versions_text(r.versions, list(r.clocks))
             if r.deleted is not None:
                 extra.update(dh=r.deleted.hlc, dn=number(r.deleted.node))
-            shadow_rows.setdefault((*fixed, *extra), []).append((*row, *extra.values()))
+            shadow_rows.setdefault((*fixed, *extra), []).append((*row, *extra.values()) if extra else row)
         key_names = [k.name for k in table.keys]
         self.rows.bulk_insert(table.app, [*key_names, *(c.name for c in table.columns)], app_rows)
         if table.surrogate:
