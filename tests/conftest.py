@@ -97,6 +97,20 @@ def fresh_database(engine: str, tmp_path: Path) -> Iterator[str]:
         drop_database(url)
 
 
+@pytest.fixture
+def mariadb(tmp_path: Path) -> Iterator[Database]:
+    """A fresh MariaDB database, for what only MariaDB has (its server modes, its temporary tables)."""
+    with fresh_database("mariadb", tmp_path) as url, open_database(url, create=True) as database:
+        yield database
+
+
+@pytest.fixture
+def postgresql(tmp_path: Path) -> Iterator[Database]:
+    """A fresh PostgreSQL database, for what only PostgreSQL has (its types, its planner)."""
+    with fresh_database("postgresql", tmp_path) as url, open_database(url, create=True) as database:
+        yield database
+
+
 @pytest.fixture(params=ENGINES)
 def engine_name(request: pytest.FixtureRequest) -> str:
     """Each test that uses a database runs once per engine."""

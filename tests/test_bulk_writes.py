@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from sqlalchemy import (
@@ -28,8 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
-from erpsync.db import Database, open_database
-from tests.conftest import fresh_database
+from erpsync.db import Database
 
 TEXTS = [
     "plain",
@@ -84,20 +81,6 @@ def _rows(engine: str, count: int) -> list[tuple[object, ...]]:
             )
         )
     return rows
-
-
-@pytest.fixture
-def mariadb(tmp_path: Path) -> Iterator[Database]:
-    """A fresh MariaDB database, for what only MariaDB has (its server modes, its temporary tables)."""
-    with fresh_database("mariadb", tmp_path) as url, open_database(url, create=True) as database:
-        yield database
-
-
-@pytest.fixture
-def postgresql(tmp_path: Path) -> Iterator[Database]:
-    """A fresh PostgreSQL database, for its own types."""
-    with fresh_database("postgresql", tmp_path) as url, open_database(url, create=True) as database:
-        yield database
 
 
 def test_awkward_values_round_trip_in_every_statement(db: Database, engine_name: str) -> None:

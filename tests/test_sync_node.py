@@ -6,6 +6,7 @@ from sqlalchemy import text
 
 from erpsync.db import Database
 from erpsync.fill import fill
+from erpsync.schema import init_schema
 from erpsync.sync.capture import fold
 from erpsync.sync.node import Node, init_node, uninstall_node
 
@@ -105,3 +106,34 @@ def test_capture_of_inserts_updates_deletes(erp_db: Database) -> None:
     assert updated[2] is not None and updated[3] == 1 and updated[4] is None  # only Email got a clock
     assert inserted[2] is None  # a new row: every column shares its first clock
     assert count(erp_db, f"SELECT count(*) FROM {shadow} WHERE k0 = 9002") == 0
+
+
+def test_postgresql_capture_does_not_jit_compile_each_write_after_a_bulk_one(postgresql: Database) -> None:
+    """The trigger's plan is cached per session with the first statement's size.
+
+    Made for a bulk UPDATE, it carried JIT compilation, paid again by every
+    later one-row write of that session: 12 ms each instead of 0.1 ms.
+    """
+    init_schema(postgresql)
+    fill(postgresql, scale=1, seed=4)
+    init_node(postgresql, "pc1")
+    plans: list[str] = []
+    with postgresql.begin() as conn:
+        raw = conn.connection.dbapi_connection
+        raw.add_notice_handler(lambda notice: plans.append(str(notice.message_primary)))  # type: ignore[union-attr]
+        for setting in (
+            "LOAD 'auto_explain'",
+            "SET auto_explain.log_min_duration = 0",
+            "SET auto_explain.log_nested_statements = on",
+            "SET auto_explain.log_analyze = on",
+            "SET client_min_messages = log",
+            "SET jit_above_cost = 0",  # every plan of this session qualifies for JIT
+        ):
+            conn.exec_driver_sql(setting)
+        conn.exec_driver_sql("UPDATE tb_Client SET Email = Email || 'x'")
+        conn.exec_driver_sql("UPDATE tb_Client SET Email = 'a@b.fr' WHERE id = 1")
+    logged = [p for p in plans if "erpsync_l" in p]
+    written = [p for p in plans if "Query Text: UPDATE tb_Client" in p]
+    assert len(logged) == 2 and len(written) == 2
+    assert all("JIT:" in p for p in written)  # JIT is on in this session: the application's statements use it
+    assert not any("JIT:" in p for p in logged)

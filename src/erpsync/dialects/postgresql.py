@@ -223,7 +223,9 @@ class PostgreSQL(Dialect):
 
         A bulk UPDATE of 100,000 rows logs them in one set-based statement instead
         of 100,000 calls of a row trigger. The functions return at once while the
-        transaction-local setting ``erpsync.mute`` is on.
+        transaction-local setting ``erpsync.mute`` is on. They run without JIT: a
+        session caches their plan with the size of its first statement, and a plan
+        made for a bulk UPDATE would JIT-compile every later one-row write (12 ms).
         """
         q = conn.dialect.identifier_preparer.quote
         wall = "(extract(epoch from statement_timestamp()) * 1000)::bigint"
@@ -251,7 +253,7 @@ class PostgreSQL(Dialect):
         for suffix, body in bodies.items():
             name = f"erpsync_{number}_{suffix}"
             conn.exec_driver_sql(
-                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $erpsync$ BEGIN "
+                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql SET jit = off AS $erpsync$ BEGIN "
                 "IF current_setting('erpsync.mute', true) = 'on' THEN RETURN NULL; END IF; "
                 f"{body}; RETURN NULL; END $erpsync$"
             )
