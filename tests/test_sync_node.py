@@ -8,7 +8,7 @@ from erpsync.db import Database
 from erpsync.fill import fill
 from erpsync.schema import init_schema
 from erpsync.sync.capture import fold
-from erpsync.sync.node import Node, init_node, uninstall_node
+from erpsync.sync.node import VERSION, Node, init_node, uninstall_node
 
 
 def app_tables(db: Database) -> list[str]:
@@ -137,3 +137,21 @@ def test_postgresql_capture_does_not_jit_compile_each_write_after_a_bulk_one(pos
     assert len(logged) == 2 and len(written) == 2
     assert all("JIT:" in p for p in written)  # JIT is on in this session: the application's statements use it
     assert not any("JIT:" in p for p in logged)
+
+
+def test_postgresql_node_of_an_older_erpsync_gets_its_capture_without_jit_when_opened(
+    postgresql: Database,
+) -> None:
+    init_schema(postgresql)
+    init_node(postgresql, "hub")
+    functions = "SELECT proname, proconfig FROM pg_proc WHERE proname LIKE 'erpsync\\_%\\_%'"
+    with postgresql.begin() as conn:  # as version 2 installed them
+        for name, _ in conn.execute(text(functions)):
+            conn.execute(text(f"ALTER FUNCTION {name}() RESET jit"))
+        conn.execute(text("UPDATE erpsync_node SET version = 2"))
+    Node(postgresql)
+    with postgresql.connect() as conn:
+        configs = conn.execute(text(functions)).all()
+        assert count(postgresql, "SELECT version FROM erpsync_node") == VERSION
+    assert len(configs) == 3 * len(Node(postgresql).tables())
+    assert all(config == ["jit=off"] for _, config in configs)

@@ -16,7 +16,7 @@ from erpsync.errors import DatabaseNotFound
 from erpsync.sync import history
 from erpsync.sync.changeset import from_json, to_json
 from erpsync.sync.history import recent
-from erpsync.sync.node import init_node
+from erpsync.sync.node import VERSION, init_node
 from erpsync.sync.peer import LocalPeer
 from erpsync.sync.session import sync
 from erpsync.sync.undo import UndoRefused, undo_last
@@ -264,7 +264,7 @@ def test_node_init_adds_the_history_to_an_older_node(tmp_path: Path) -> None:
         assert {"erpsync_sync", "erpsync_receipt"} <= set(inspect(a.engine).get_table_names())
         seed(a)
         sync(b, a)  # an older node is brought up to date when opened
-        assert value(b, "SELECT version FROM erpsync_node") == 2
+        assert value(b, "SELECT version FROM erpsync_node") == VERSION
         assert [r.direction for r in recent(b)] == ["sync"] and undo_last(b) is not None
 
 

@@ -216,6 +216,13 @@ class Dialect:
         """Drop the triggers (and trigger functions) ``install_capture`` made, nothing else."""
         raise NotImplementedError
 
+    def upgrade_capture(self, conn: Connection, number: int) -> None:
+        """Bring triggers an erpsync of node version 2 installed up to date, in place.
+
+        Nothing on this engine. Done in ``conn``'s transaction, with no moment
+        when writes would go unlogged (as a drop and a create would leave).
+        """
+
     def mute_capture(self, conn: Connection, number: int | None = None) -> None:
         """Keep the capture triggers from logging what ``conn`` writes until ``unmute_capture``.
 

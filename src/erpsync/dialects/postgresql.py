@@ -267,6 +267,11 @@ class PostgreSQL(Dialect):
         for suffix in "iud":
             conn.exec_driver_sql(f"DROP FUNCTION IF EXISTS erpsync_{number}_{suffix}() CASCADE")
 
+    def upgrade_capture(self, conn: Connection, number: int) -> None:
+        """Node version 3 runs the capture functions without JIT (see ``install_capture``)."""
+        for suffix in "iud":
+            conn.exec_driver_sql(f"ALTER FUNCTION erpsync_{number}_{suffix}() SET jit = off")
+
     def mute_capture(self, conn: Connection, number: int | None = None) -> None:
         conn.exec_driver_sql("SELECT set_config('erpsync.mute', 'on', true)")
 

@@ -158,7 +158,7 @@ def _fold_round(node: Node, conn: Connection, state: NodeState, table: SyncTable
         if not table.surrogate:  # a natural key deleted earlier comes back under its global id
             for part in _chunks([r["gid"] for r in new_rows], IN_LIMIT):
                 conn.execute(delete(shadow_t).where(shadow_t.c.gid.in_(part)))
-        for group in _same_keys(new_rows):
+        for group in same_keys(new_rows):
             conn.execute(insert(shadow_t), group)
     for group in updates.values():
         conn.execute(update(shadow_t).where(shadow_t.c.gid == bindparam("b_gid")).values(src=None), group)
@@ -215,10 +215,15 @@ def _bits(mask: int, width: int) -> Iterable[int]:
         yield from range(ALL_REST, width)
 
 
-def _same_keys(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+def same_keys(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``rows`` grouped by the columns they hold, one statement per group.
+
+    Grouped by the keys in their order: rows built alike list them alike, and
+    the rare row listing them otherwise only makes a group more.
+    """
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault(tuple(sorted(row)), []).append(row)
+        groups.setdefault(tuple(row), []).append(row)
     return list(groups.values())
 
 

@@ -35,8 +35,9 @@ from erpsync.sync.model import (
 )
 from erpsync.sync.policies import LWW
 
-VERSION = 2
-"""Version of erpsync's tables in a node; 2 added the sync history and undo receipts."""
+VERSION = 3
+"""Version of erpsync's tables in a node: 2 added the sync history and undo receipts,
+3 the PostgreSQL capture functions without JIT."""
 SELF = 1
 """The number of this node in its own ``erpsync_peer`` table."""
 
@@ -102,11 +103,15 @@ class Node:
         if conn is None:
             with db.connect() as c:
                 self._load(c)
-            if self.version < VERSION:
-                upgrade(db)
-                self.version = VERSION
+            self._upgrade()
         else:
             self._load(conn)
+
+    def _upgrade(self) -> None:
+        """Bring a node made by an older erpsync up to date (see ``upgrade``)."""
+        if self.version < VERSION:
+            upgrade(self.db, self.version)
+            self.version = VERSION
 
     def _load(self, conn: Connection) -> None:
         if not inspect(conn).has_table(meta.NODE):
@@ -319,9 +324,10 @@ def init_node(
     return report
 
 
-def upgrade(db: Database) -> None:
-    """Bring a node made by an older erpsync up to date: create the metadata tables it lacks.
+def upgrade(db: Database, version: int) -> None:
+    """Bring a node of ``version``, made by an older erpsync, up to date.
 
+    Creates the metadata tables it lacks and updates its triggers in place.
     Done when a node is opened, so a PC updated in place keeps syncing (and
     ``node init`` does the same). Creating a table is harmless if a concurrent
     opening created it first.
@@ -335,7 +341,11 @@ def upgrade(db: Database) -> None:
                 if not inspect(conn).has_table(table.name):
                     raise
     with db.begin() as conn:
-        node_t = meta.fixed_tables(db.dialect)[meta.NODE]
+        fixed = meta.fixed_tables(db.dialect)
+        node_t = fixed[meta.NODE]
+        if version < 3:
+            for number in conn.execute(select(fixed[meta.TABLES].c.no)).scalars():
+                db.dialect.upgrade_capture(conn, int(number))
         conn.execute(update(node_t).where(node_t.c.version < VERSION).values(version=VERSION))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, inspect, select
 
 from erpsync.dialects.base import execute_many
-from erpsync.sync.capture import IN_LIMIT, Key, _chunks, key_in
+from erpsync.sync.capture import IN_LIMIT, Key, _chunks, key_in, same_keys
 from erpsync.sync.hlc import Stamp
 from erpsync.sync.model import SyncTable
 from erpsync.sync.node import SELF, Node, NodeState
@@ -78,7 +78,7 @@ class TableRows:
 
     def insert_rows(self, table: str, rows: list[dict[str, Any]], processors: bool = False) -> None:
         """Insert dicts (column name → value) into ``table``, grouped by their keys."""
-        for group in _same_keys(rows):
+        for group in same_keys(rows):
             names = list(group[0])
             convert = [self.processors.get(n) if processors else None for n in names]
             sql = (
@@ -91,7 +91,7 @@ class TableRows:
         self, table: Table, where: Sequence[str], rows: list[dict[str, Any]], processors: bool = False
     ) -> None:
         """Update ``table``: each dict holds the ``where`` columns' values and the columns to set."""
-        for group in _same_keys(rows):
+        for group in same_keys(rows):
             names = [n for n in group[0] if n not in where]
             if not names:
                 continue
@@ -295,10 +295,3 @@ class TableRows:
 
 def _converted(values: list[Any], processors: Sequence[Callable[[Any], Any] | None]) -> tuple[Any, ...]:
     return tuple(v if p is None or v is None else p(v) for v, p in zip(values, processors, strict=True))
-
-
-def _same_keys(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(sorted(row)), []).append(row)
-    return list(groups.values())

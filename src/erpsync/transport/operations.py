@@ -19,7 +19,7 @@ from sqlalchemy import Connection, MetaData, Table
 
 from erpsync.db import Database
 from erpsync.sync.model import SyncTable, UnknownTable
-from erpsync.sync.node import VERSION, Node, upgrade
+from erpsync.sync.node import Node
 from erpsync.sync.peer import LocalPeer
 from erpsync.sync.verify import sums
 from erpsync.transport import wire
@@ -54,9 +54,7 @@ class _ServedNode(Node):
             self._peers = {}
             with db.connect() as conn:
                 self._load(conn)
-            if self.version < VERSION:
-                upgrade(db)
-                self.version = VERSION
+            self._upgrade()
         self._shared = shared
         self._key = (
             self.node_id,
