@@ -216,8 +216,8 @@ class Dialect:
         """Drop the triggers (and trigger functions) ``install_capture`` made, nothing else."""
         raise NotImplementedError
 
-    def upgrade_capture(self, conn: Connection, number: int) -> None:
-        """Bring triggers an erpsync of node version 2 installed up to date, in place.
+    def upgrade_capture(self, conn: Connection) -> None:
+        """Bring the capture triggers of a node of version 2 or older up to date, in place.
 
         Nothing on this engine. Done in ``conn``'s transaction, with no moment
         when writes would go unlogged (as a drop and a create would leave).

@@ -267,10 +267,16 @@ class PostgreSQL(Dialect):
         for suffix in "iud":
             conn.exec_driver_sql(f"DROP FUNCTION IF EXISTS erpsync_{number}_{suffix}() CASCADE")
 
-    def upgrade_capture(self, conn: Connection, number: int) -> None:
+    def upgrade_capture(self, conn: Connection) -> None:
         """Node version 3 runs the capture functions without JIT (see ``install_capture``)."""
-        for suffix in "iud":
-            conn.exec_driver_sql(f"ALTER FUNCTION erpsync_{number}_{suffix}() SET jit = off")
+        names = conn.exec_driver_sql(
+            "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = current_schema() AND p.proname ~ '^erpsync_[0-9]+_[iud]$'"
+        ).scalars()
+        for name in names.all():
+            conn.exec_driver_sql(
+                f"ALTER FUNCTION {conn.dialect.identifier_preparer.quote(name)}() SET jit = off"
+            )
 
     def mute_capture(self, conn: Connection, number: int | None = None) -> None:
         conn.exec_driver_sql("SELECT set_config('erpsync.mute', 'on', true)")

@@ -341,11 +341,9 @@ def upgrade(db: Database, version: int) -> None:
                 if not inspect(conn).has_table(table.name):
                     raise
     with db.begin() as conn:
-        fixed = meta.fixed_tables(db.dialect)
-        node_t = fixed[meta.NODE]
+        node_t = meta.fixed_tables(db.dialect)[meta.NODE]
         if version < 3:
-            for number in conn.execute(select(fixed[meta.TABLES].c.no)).scalars():
-                db.dialect.upgrade_capture(conn, int(number))
+            db.dialect.upgrade_capture(conn)
         conn.execute(update(node_t).where(node_t.c.version < VERSION).values(version=VERSION))
 
 
