@@ -219,8 +219,9 @@ class Dialect:
     def upgrade_capture(self, conn: Connection) -> None:
         """Bring the capture triggers of a node of version 2 or older up to date, in place.
 
-        Nothing on this engine. Done in ``conn``'s transaction, with no moment
-        when writes would go unlogged (as a drop and a create would leave).
+        Nothing on this engine. Done in ``conn``'s transaction, when the node is
+        opened: in place rather than dropped and created again, so no write goes
+        unlogged on an engine whose DDL commits by itself.
         """
 
     def mute_capture(self, conn: Connection, number: int | None = None) -> None:

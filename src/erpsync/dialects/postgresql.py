@@ -268,15 +268,19 @@ class PostgreSQL(Dialect):
             conn.exec_driver_sql(f"DROP FUNCTION IF EXISTS erpsync_{number}_{suffix}() CASCADE")
 
     def upgrade_capture(self, conn: Connection) -> None:
-        """Node version 3 runs the capture functions without JIT (see ``install_capture``)."""
-        names = conn.exec_driver_sql(
-            "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-            "WHERE n.nspname = current_schema() AND p.proname ~ '^erpsync_[0-9]+_[iud]$'"
-        ).scalars()
-        for name in names.all():
-            conn.exec_driver_sql(
-                f"ALTER FUNCTION {conn.dialect.identifier_preparer.quote(name)}() SET jit = off"
-            )
+        """Node version 3 runs the capture functions without JIT (see ``install_capture``).
+
+        Only the functions this role may alter: ``ALTER FUNCTION`` needs their
+        owner, and the others keep JIT until the owner runs ``erpsync node init``.
+        """
+        q = conn.dialect.identifier_preparer.quote
+        functions = conn.exec_driver_sql(
+            "SELECT DISTINCT n.nspname, p.proname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+            "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE t.tgname ~ '^erpsync_[0-9]+_[iud]$' "
+            "AND pg_has_role(p.proowner, 'USAGE') AND NOT coalesce(p.proconfig @> '{jit=off}', false)"
+        ).all()
+        for schema, name in functions:
+            conn.exec_driver_sql(f"ALTER FUNCTION {q(schema)}.{q(name)}() SET jit = off")
 
     def mute_capture(self, conn: Connection, number: int | None = None) -> None:
         conn.exec_driver_sql("SELECT set_config('erpsync.mute', 'on', true)")

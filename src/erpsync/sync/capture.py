@@ -129,8 +129,9 @@ def _fold_round(node: Node, conn: Connection, state: NodeState, table: SyncTable
             first = entry.inserted or max(entry.columns.values(), default=clock)
             row = {"gid": gid, "seq": state.next_seq(), "deleted": 0, "bh": first, "bn": SELF}
             row.update({f"k{i}": v for i, v in enumerate(key)})
-            row.update({f"c{i}": c for i, c in entry.columns.items()})
-            row.update({f"n{i}": SELF for i in entry.columns})
+            written = sorted(entry.columns)  # rows written alike list their columns alike: one statement
+            row.update({f"c{i}": entry.columns[i] for i in written})
+            row.update({f"n{i}": SELF for i in written})
             new_rows.append(row)
             continue
         columns = dict.fromkeys(range(width), entry.inserted) if entry.inserted else {}

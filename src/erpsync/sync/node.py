@@ -330,7 +330,8 @@ def upgrade(db: Database, version: int) -> None:
     Creates the metadata tables it lacks and updates its triggers in place.
     Done when a node is opened, so a PC updated in place keeps syncing (and
     ``node init`` does the same). Creating a table is harmless if a concurrent
-    opening created it first.
+    opening created it first; the triggers are updated by the opening that
+    moves the version (altering a function twice at once fails on PostgreSQL).
     """
     for table in meta.fixed_tables(db.dialect).values():
         try:
@@ -340,11 +341,11 @@ def upgrade(db: Database, version: int) -> None:
             with db.connect() as conn:
                 if not inspect(conn).has_table(table.name):
                     raise
-    with db.begin() as conn:
+    with db.begin() as conn:  # the node row's lock: of two openings, only the first upgrades the triggers
         node_t = meta.fixed_tables(db.dialect)[meta.NODE]
-        if version < 3:
+        bumped = conn.execute(update(node_t).where(node_t.c.version < VERSION).values(version=VERSION))
+        if bumped.rowcount and version < 3:
             db.dialect.upgrade_capture(conn)
-        conn.execute(update(node_t).where(node_t.c.version < VERSION).values(version=VERSION))
 
 
 def _set_tables(
