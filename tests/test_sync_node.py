@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import text
 
-from erpsync.db import Database
+from erpsync.db import Database, open_database
 from erpsync.fill import fill
 from erpsync.schema import init_schema
 from erpsync.sync.capture import fold
@@ -165,3 +166,30 @@ def test_postgresql_node_of_an_older_erpsync_gets_its_capture_without_jit_when_o
     assert count(postgresql, "SELECT version FROM erpsync_node") == VERSION
     assert len(configs) == 3 * len(opened[0].tables())
     assert all(config == ["jit=off"] for _, config in configs)
+
+
+def test_postgresql_node_of_an_older_erpsync_opens_for_a_role_not_owning_its_functions(
+    postgresql: Database,
+) -> None:
+    """A sync running as another role than the one that installed the node still opens it."""
+    init_schema(postgresql)
+    init_node(postgresql, "hub")
+    role = f"erpsync_app_{uuid.uuid4().hex[:8]}"
+    functions = "SELECT proconfig FROM pg_proc WHERE proname LIKE 'erpsync\\_%\\_%'"
+    with postgresql.begin() as conn:
+        for name in conn.execute(text("SELECT proname FROM pg_proc WHERE proname LIKE 'erpsync\\_%\\_%'")):
+            conn.execute(text(f"ALTER FUNCTION {name[0]}() RESET jit"))
+        conn.execute(text("UPDATE erpsync_node SET version = 2"))
+        conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(text(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}"))
+        conn.execute(text(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}"))
+    try:
+        with open_database(postgresql.url.set(username=role)) as as_role:
+            assert Node(as_role).name == "hub"
+        assert count(postgresql, "SELECT version FROM erpsync_node") == VERSION
+        with postgresql.connect() as conn:
+            assert {tuple(r[0] or ()) for r in conn.execute(text(functions))} == {()}  # left to their owner
+    finally:
+        with postgresql.begin() as conn:
+            conn.execute(text(f"DROP OWNED BY {role}"))
+            conn.execute(text(f"DROP ROLE {role}"))
