@@ -129,9 +129,8 @@ def _fold_round(node: Node, conn: Connection, state: NodeState, table: SyncTable
             first = entry.inserted or max(entry.columns.values(), default=clock)
             row = {"gid": gid, "seq": state.next_seq(), "deleted": 0, "bh": first, "bn": SELF}
             row.update({f"k{i}": v for i, v in enumerate(key)})
-            written = sorted(entry.columns)  # rows written alike list their columns alike: one statement
-            row.update({f"c{i}": entry.columns[i] for i in written})
-            row.update({f"n{i}": SELF for i in written})
+            row.update({f"c{i}": c for i, c in entry.columns.items()})
+            row.update({f"n{i}": SELF for i in entry.columns})
             new_rows.append(row)
             continue
         columns = dict.fromkeys(range(width), entry.inserted) if entry.inserted else {}
@@ -217,14 +216,10 @@ def _bits(mask: int, width: int) -> Iterable[int]:
 
 
 def same_keys(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """``rows`` grouped by the columns they hold, one statement per group.
-
-    Grouped by the keys in their order: rows built alike list them alike, and
-    the rare row listing them otherwise only makes a group more.
-    """
+    """``rows`` grouped by the columns they hold, one statement per group."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault(tuple(row), []).append(row)
+        groups.setdefault(tuple(sorted(row)), []).append(row)
     return list(groups.values())
 
 
