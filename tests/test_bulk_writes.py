@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 
 from erpsync.db import Database
+from erpsync.dialects.base import JOINED_UPDATES
 
 TEXTS = [
     "plain",
@@ -159,6 +160,35 @@ def test_a_mariadb_server_refusing_the_temporary_table_gets_one_update_per_row(
     finally:
         with db.engine.begin() as conn:
             conn.execute(text("DROP USER 'erpsync_limited'@'%'"))
+    with db.connect() as conn:
+        assert [tuple(r) for r in conn.execute(select(table.c.id, table.c.label).order_by(table.c.id))] == [
+            (row[0], f"v{row[0]}") for row in rows
+        ]
+
+
+def test_a_postgresql_role_without_temporary_tables_gets_one_update_per_row(postgresql: Database) -> None:
+    """The refused temporary table is rolled back to a savepoint: the transaction goes on."""
+    db = postgresql
+    table = _table()
+    table.create(db.engine)
+    rows = _rows("postgresql", 50)
+    role = f"limited_{db.url.database}"
+    with db.engine.begin() as conn:
+        db.dialect.bulk_insert(conn, table, [c.key for c in table.columns], rows[:-1])
+        conn.execute(text(f'REVOKE TEMPORARY ON DATABASE "{db.url.database}" FROM PUBLIC'))
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+        conn.execute(text(f'GRANT SELECT, INSERT, UPDATE ON awkward TO "{role}"'))
+    limited = create_engine(db.url.set(username=role))
+    try:
+        with limited.begin() as conn:
+            db.dialect.bulk_insert(conn, table, [c.key for c in table.columns], rows[-1:])
+            db.dialect.bulk_update(conn, table, ["id"], ["label"], [(f"v{row[0]}", row[0]) for row in rows])
+            assert conn.info[JOINED_UPDATES] is False  # the refusal was met, and the rows still updated
+    finally:
+        limited.dispose()
+        with db.engine.begin() as conn:
+            conn.execute(text(f'DROP OWNED BY "{role}"'))
+            conn.execute(text(f'DROP ROLE "{role}"'))
     with db.connect() as conn:
         assert [tuple(r) for r in conn.execute(select(table.c.id, table.c.label).order_by(table.c.id))] == [
             (row[0], f"v{row[0]}") for row in rows

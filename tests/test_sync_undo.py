@@ -133,6 +133,28 @@ def test_undo_refuses_rows_changed_since_unless_forced(pair: tuple[Database, Dat
     assert verify(node, peer).same
 
 
+def test_a_row_deleted_behind_the_capture_comes_back_with_the_sync_and_goes_with_its_undo(
+    pair: tuple[Database, Database],
+) -> None:
+    """A row the node lost without a trace is inserted again by the next sync that brings it,
+    next to rows it updates; undoing that sync removes it and restores the others."""
+    peer, node = pair
+    with node.begin() as conn:  # as with the triggers dropped by hand
+        node.dialect.mute_capture(conn)
+        conn.exec_driver_sql("DELETE FROM tb_LigneCommande WHERE id = 6")
+        node.dialect.unmute_capture(conn)
+    before = contents(node)
+    execute(peer, "UPDATE tb_LigneCommande SET Quantite = Quantite + 1 WHERE id IN (1, 6)")
+    summary = sync(node, peer)
+    assert summary.received == 2
+    assert rows(node, "SELECT id, Quantite FROM tb_LigneCommande WHERE id IN (1, 6) ORDER BY id") == rows(
+        peer, "SELECT id, Quantite FROM tb_LigneCommande WHERE id IN (1, 6) ORDER BY id"
+    )
+    report = undo_last(node)
+    assert report is not None and (report.deleted, report.restored) == (1, 1)
+    assert contents(node) == before
+
+
 def test_rows_added_since_that_refer_to_a_row_the_sync_added_keep_it(pair: tuple[Database, Database]) -> None:
     peer, node = pair
     change(peer)

@@ -27,6 +27,11 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from erpsync.errors import DatabaseError, ErpSyncError
 
+UPDATE_TABLE = "erpsync_update"
+"""The temporary table of ``joined_update``."""
+JOINED_UPDATES = "erpsync_joined_updates"
+"""Whether the connection's server allows ``joined_update`` (``Connection.info``)."""
+
 
 class Dialect:
     """One database engine: URL handling, connection setup, bulk paths and error wording."""
@@ -113,8 +118,47 @@ class Dialect:
         rows: Sequence[Sequence[Any]],
     ) -> bool:
         """``bulk_update`` in one statement (each key listed once); False if the server refuses it,
-        having written nothing."""
-        return False
+        having written nothing.
+
+        The rows are loaded into a temporary table by ``bulk_insert`` (the engine's fastest
+        load; values convert as they do for new rows), made as ``SELECT … LIMIT 0`` of the
+        table: its columns have the table's types, so a text too long is refused, not cut.
+        Then one ``UPDATE`` joined to it key to key. A server that refuses the temporary
+        table (no right to create one) is noted on the connection and gets one ``UPDATE``
+        per row; the refusal is rolled back to a savepoint, so the transaction goes on.
+        """
+        allowed = conn.info.get(JOINED_UPDATES)
+        if allowed is None:
+            allowed = conn.info[JOINED_UPDATES] = self.allows_joined_updates(conn)
+        if not allowed:
+            return False
+        quote = conn.dialect.identifier_preparer.quote
+        names = [*columns, *where]
+        create, update, drop = self.joined_update_sql(
+            quote(table.name), [quote(n) for n in where], [quote(n) for n in columns]
+        )
+        try:
+            with conn.begin_nested():
+                conn.exec_driver_sql(drop)  # one left by a failed batch (MariaDB's outlive a rollback)
+                conn.exec_driver_sql(create)
+        except DBAPIError as exc:
+            if self.is_retryable(exc):  # a deadlock ended the transaction: not a refusal
+                raise
+            conn.info[JOINED_UPDATES] = False
+            return False
+        self.bulk_insert(conn, Table(UPDATE_TABLE, sa.MetaData(), *[Column(n) for n in names]), names, rows)
+        conn.exec_driver_sql(update)
+        conn.exec_driver_sql(drop)
+        return True
+
+    def allows_joined_updates(self, conn: Connection) -> bool:
+        """Whether ``joined_update`` may be tried on this connection (checked once per connection)."""
+        return True
+
+    def joined_update_sql(self, table: str, where: list[str], columns: list[str]) -> tuple[str, str, str]:
+        """``joined_update``'s statements, identifiers quoted: create ``UPDATE_TABLE`` (empty, with
+        the ``columns`` and ``where`` of ``table``), update ``table`` from it, drop it if it exists."""
+        raise NotImplementedError
 
     def after_explicit_ids(self, conn: Connection, table: Table) -> None:
         """Make the next generated id follow rows inserted with explicit ids."""

@@ -6,14 +6,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import Column, Connection, Select, String, Subquery, Table, cast, func, select
+from sqlalchemy import Connection, Select, String, Subquery, Table, cast, func, select
 from sqlalchemy.dialects import mysql as mysql_types
 from sqlalchemy.dialects.mysql import CHAR
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 
-from erpsync.dialects.base import Dialect, column_list, driver_errors, first_line, single_pk
+from erpsync.dialects.base import UPDATE_TABLE, Dialect, column_list, driver_errors, first_line, single_pk
 from erpsync.errors import (
     AuthenticationFailed,
     ConnectionFailed,
@@ -27,10 +27,6 @@ CANNOT_CONNECT = {2002, 2003, 2005, 2006, 2013}
 ACCESS_DENIED = {1044, 1045, 1698}
 UNKNOWN_DATABASE = 1049
 DEADLOCK = {1213, 1205}  # deadlock found; lock wait timeout exceeded
-UPDATE_TABLE = "erpsync_update"
-"""The temporary table of ``joined_update``."""
-JOINED_UPDATES = "erpsync_joined_updates"
-"""Whether the connection's server allows ``joined_update`` (checked once per connection)."""
 STATEMENT_CHARACTERS = 250_000
 """Characters of a bulk ``INSERT``: at most 1 MB in UTF-8, what PyMySQL's ``executemany`` sends."""
 
@@ -90,52 +86,21 @@ class MariaDB(Dialect):
 
     join_update_rows = 20
 
-    def joined_update(
-        self,
-        conn: Connection,
-        table: Table,
-        where: Sequence[str],
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-    ) -> bool:
-        """The rows loaded into a temporary table (the bulk insert above), then one ``UPDATE … JOIN``.
+    def allows_joined_updates(self, conn: Connection) -> bool:
+        """Not under ``sql_safe_updates``, which refuses an ``UPDATE … JOIN`` without ``WHERE``."""
+        return not conn.exec_driver_sql("SELECT @@sql_safe_updates").scalar()
 
-        Its primary key joins it to the table key to key (and satisfies
-        ``innodb_force_primary_key``). A temporary table is not transactional: one
-        left by a failed batch is dropped first. A server that refuses it (no
-        ``CREATE TEMPORARY TABLES`` privilege, ``sql_safe_updates``) is noted on the
-        connection and gets one ``UPDATE`` per row; a refused ``CREATE`` changes
-        nothing, even inside the transaction.
-        """
-        allowed = conn.info.get(JOINED_UPDATES)
-        if allowed is None:
-            allowed = conn.info[JOINED_UPDATES] = not conn.exec_driver_sql(
-                "SELECT @@sql_safe_updates"
-            ).scalar()
-        if not allowed:
-            return False
-        quote = conn.dialect.identifier_preparer.quote
-        names = [*columns, *where]
-        temporary, keys = quote(UPDATE_TABLE), ", ".join(map(quote, where))
-        try:
-            conn.exec_driver_sql(f"DROP TEMPORARY TABLE IF EXISTS {temporary}")
-            conn.exec_driver_sql(
-                f"CREATE TEMPORARY TABLE {temporary} (PRIMARY KEY ({keys})) "
-                f"AS SELECT {', '.join(map(quote, names))} FROM {quote(table.name)} LIMIT 0"
-            )
-        except DBAPIError as exc:
-            if self.is_retryable(exc):  # a deadlock ended the transaction: not a refusal
-                raise
-            conn.info[JOINED_UPDATES] = False
-            return False
-        self.bulk_insert(conn, Table(UPDATE_TABLE, sa.MetaData(), *[Column(n) for n in names]), names, rows)
-        conn.exec_driver_sql(
-            f"UPDATE {quote(table.name)} t JOIN {temporary} u "
-            f"ON {' AND '.join(f't.{quote(w)} = u.{quote(w)}' for w in where)} "
-            f"SET {', '.join(f't.{quote(c)} = u.{quote(c)}' for c in columns)}"
+    def joined_update_sql(self, table: str, where: list[str], columns: list[str]) -> tuple[str, str, str]:
+        """The temporary table's primary key joins it key to key (and satisfies
+        ``innodb_force_primary_key``); a temporary table is not transactional: ``DROP TEMPORARY``."""
+        keys = ", ".join(where)
+        return (
+            f"CREATE TEMPORARY TABLE {UPDATE_TABLE} (PRIMARY KEY ({keys})) "
+            f"AS SELECT {', '.join([*columns, *where])} FROM {table} LIMIT 0",
+            f"UPDATE {table} t JOIN {UPDATE_TABLE} u ON {' AND '.join(f't.{w} = u.{w}' for w in where)} "
+            f"SET {', '.join(f't.{c} = u.{c}' for c in columns)}",
+            f"DROP TEMPORARY TABLE IF EXISTS {UPDATE_TABLE}",
         )
-        conn.exec_driver_sql(f"DROP TEMPORARY TABLE {temporary}")
-        return True
 
     def is_retryable(self, exc: DBAPIError) -> bool:
         return bool(exc.orig is not None and exc.orig.args and exc.orig.args[0] in DEADLOCK)
@@ -320,6 +285,8 @@ def _literals(raw: Any, column: Sequence[Any]) -> list[str]:
     from pymysql.converters import escape_string
 
     kinds = set(map(type, column)) - {type(None)}
+    if not kinds:  # a column of NULLs: most clock columns of a batch's metadata
+        return ["NULL"] * len(column)
     if kinds == {int}:
         return ["NULL" if v is None else str(v) for v in column]
     if kinds == {str}:

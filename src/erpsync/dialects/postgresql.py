@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime, time
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -12,7 +11,7 @@ from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from erpsync.dialects.base import Dialect, column_list, driver_errors, single_pk
+from erpsync.dialects.base import UPDATE_TABLE, Dialect, column_list, driver_errors, single_pk
 from erpsync.errors import (
     AuthenticationFailed,
     ConnectionFailed,
@@ -54,48 +53,17 @@ class PostgreSQL(Dialect):
 
     join_update_rows = 20
 
-    def joined_update(
-        self,
-        conn: Connection,
-        table: Table,
-        where: Sequence[str],
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-    ) -> bool:
-        """``UPDATE … FROM unnest(…)``: each column's values bound as one array of the column's
-        type without its length (``varchar``, not ``varchar(20)``: a cast would cut a value too
-        long, the assignment refuses it), so they convert as one ``UPDATE`` per row converts them.
-        No temporary table: the right to update is enough.
-
-        Refused before anything is sent: an array column (``unnest`` would flatten it), values
-        psycopg cannot send as one array (mixed types), and aware and naive datetimes in one
-        column (psycopg would send them all as the last one is).
-        """
-        quote = conn.dialect.identifier_preparer.quote
-        names = [*columns, *where]
-        types = _column_types(conn, table)
-        values = [list(column) for column in zip(*rows, strict=True)]
-        if any(types[n] is None for n in names) or any(map(_mixes_time_zones, values)):
-            return False
-        arrays = ", ".join(f"%s::{types[n]}[]" for n in names)
-        sql = (
-            f"UPDATE {quote(table.name)} t SET {', '.join(f'{quote(c)} = u.{quote(c)}' for c in columns)} "
-            f"FROM unnest({arrays}) AS u({', '.join(map(quote, names))}) "
-            f"WHERE {' AND '.join(f't.{quote(w)} = u.{quote(w)}' for w in where)}"
+    def joined_update_sql(self, table: str, where: list[str], columns: list[str]) -> tuple[str, str, str]:
+        """Loaded by COPY, the table joined by the rows' keys (a nested loop on the table's
+        primary key); named in ``pg_temp`` so that no other table of that name is dropped."""
+        temporary = f"pg_temp.{UPDATE_TABLE}"
+        return (
+            f"CREATE TEMPORARY TABLE {UPDATE_TABLE} AS SELECT {', '.join([*columns, *where])} "
+            f"FROM {table} LIMIT 0",
+            f"UPDATE {table} t SET {', '.join(f'{c} = u.{c}' for c in columns)} FROM {temporary} u "
+            f"WHERE {' AND '.join(f't.{w} = u.{w}' for w in where)}",
+            f"DROP TABLE IF EXISTS {temporary}",
         )
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            with driver_errors(conn, sql):
-                cursor.execute(sql, values)
-        except DBAPIError as exc:
-            if getattr(exc.orig, "sqlstate", None) is not None:  # the server's: the transaction failed
-                raise
-            return False
-        except TypeError:
-            return False
-        finally:
-            cursor.close()
-        return True
 
     def after_explicit_ids(self, conn: Connection, table: Table) -> None:
         """Move the id sequence past the largest id, as MariaDB and SQLite do by themselves."""
@@ -313,24 +281,3 @@ def _server_reason(text: str) -> str:
         return text.rsplit("FATAL:", 1)[1].strip().splitlines()[0]
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return (lines[-1] if lines else text).removeprefix("connection failed:").strip()
-
-
-def _column_types(conn: Connection, table: Table) -> dict[str, str | None]:
-    """Each column's SQL type without length or precision (``None`` for an array), from the
-    catalog; kept with the table."""
-    types: dict[str, str | None] | None = table.info.get("erpsync_types")
-    if types is None:
-        found = conn.exec_driver_sql(
-            "SELECT a.attname, CASE WHEN t.typcategory <> 'A' THEN format_type(a.atttypid, -1) END "
-            "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
-            "WHERE a.attrelid = %(t)s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
-            {"t": conn.dialect.identifier_preparer.quote(table.name)},
-        )
-        types = table.info["erpsync_types"] = {name: kind for name, kind in found}
-    return types
-
-
-def _mixes_time_zones(values: list[Any]) -> bool:
-    """Whether a column holds datetimes or times both with and without a time zone."""
-    zones = {v.tzinfo is None for v in values if isinstance(v, datetime | time)}
-    return len(zones) > 1

@@ -212,6 +212,8 @@ class _Apply(Inserts):
         self.receipt = receipt
         self.local: dict[str, Mapping[str, Any]] = {}
         """The rows' metadata before the batch, by global id."""
+        self.images: dict[Key, tuple[Key, tuple[Any, ...]]] = {}
+        """Before-images of present rows read before the batch wrote (``_present``), by key."""
         self.skip = skip
         self.table = rows.table
         self.batch = batch
@@ -294,11 +296,7 @@ class _Apply(Inserts):
             else:
                 merges.append((r, mine))
         if merges:  # rows deleted behind the capture's back (triggers dropped by hand): insert again
-            width = len(self.table.keys)
-            names = [self.rows.quote(k.name) for k in self.table.keys]
-            sql = f"SELECT {', '.join(names)} FROM {self.rows.quote(self.table.app.name)} WHERE"
-            found = self.rows.select_in(sql, names, [self._key(mine) for _, mine in merges])
-            present = {tuple(row.values())[:width] for row in found}
+            present = self._present([self._key(mine) for _, mine in merges])
             gone = [(r, mine) for r, mine in merges if self._key(mine) not in present]
             if gone:
                 merges = [(r, mine) for r, mine in merges if self._key(mine) in present]
@@ -346,6 +344,17 @@ class _Apply(Inserts):
                     },
                 )
                 self.result.conflicts += 1
+
+    def _present(self, keys: list[Key]) -> set[Key]:
+        """Which of ``keys`` the table holds; with a receipt, their before-images are read at
+        the same time, for ``_remember`` (the batch has written nothing yet)."""
+        if self.receipt is not None:
+            self.images = history.before_images(self.rows, keys)
+            return set(self.images)
+        width = len(self.table.keys)
+        names = [self.rows.quote(k.name) for k in self.table.keys]
+        sql = f"SELECT {', '.join(names)} FROM {self.rows.quote(self.table.app.name)} WHERE"
+        return {tuple(row.values())[:width] for row in self.rows.select_in(sql, names, keys)}
 
     def _resolve_references(self, rows: list[RowChange]) -> tuple[dict[str, dict[str, Key]], set[str]]:
         """Global ids of referenced rows → local keys; missing ones end the batch (see module doc).
@@ -554,11 +563,15 @@ class _Apply(Inserts):
     def _remember(self, rows: list[tuple[str, Key]], kind: str, seqs: dict[str, int] | None = None) -> None:
         """Keep the before-image of present rows about to be updated or deleted (for undo).
 
-        One query per batch; the values are kept as the driver returns them, so
-        undo writes back exactly what was there.
+        One query per batch, none for the rows ``_present`` read; the values are kept
+        as the driver returns them, so undo writes back exactly what was there. A row's
+        first image in a batch is the one kept: read before the batch, it is the right one.
         """
         assert self.receipt is not None
-        found = history.before_images(self.rows, [key for _, key in rows])
+        found = self.images
+        missing = [key for _, key in rows if tuple(key) not in found]
+        if missing:
+            found = {**found, **history.before_images(self.rows, missing)}
         for gid, key in rows:
             image = found.get(tuple(key)) or history.find_image(found, self.key_encoders, key)
             mine = self.local.get(gid)

@@ -356,6 +356,11 @@ def _matrix(rows: list[Any], width: int, convert: Callable[[Sequence[Any]], Sequ
     return iter([tuple([one(v) for v in r]) for r in rows])
 
 
+def encode_rows(rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+    """Rows of one table's values as JSON carries them, encoded column by column."""
+    return list(_matrix(list(rows), len(rows[0]) if rows else 0, _encode_column))
+
+
 @contextmanager
 def no_cycle_collection() -> Iterator[None]:
     """Pause the cycle collector while a batch is read, encoded, decoded or applied.
@@ -377,7 +382,8 @@ def no_cycle_collection() -> Iterator[None]:
         gc.enable()
 
 
-def _dumps(document: dict[str, Any]) -> str:
+def dumps(document: dict[str, Any]) -> str:
+    """JSON text, by orjson where it can."""
     try:
         return orjson.dumps(document).decode()
     except TypeError:  # what orjson does not write (lone surrogates): the standard library does
@@ -394,7 +400,7 @@ def _loads(text: str | bytes) -> Any:
 def to_json(batch: Batch) -> str:
     """A batch as JSON text (decimals, dates and bytes tagged so they come back exact)."""
     with no_cycle_collection():
-        return _dumps(_document(batch))
+        return dumps(_document(batch))
 
 
 def _document(batch: Batch) -> dict[str, Any]:

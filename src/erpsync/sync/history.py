@@ -36,7 +36,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from erpsync.db import Database
 from erpsync.errors import ErpSyncError
 from erpsync.sync.capture import IN_LIMIT, Key, _chunks
-from erpsync.sync.changeset import Batch, _decode, _encode
+from erpsync.sync.changeset import Batch, _decode, dumps, encode_rows
 from erpsync.sync.encoding import Encoder, row_text
 from erpsync.sync.meta import HISTORY, RECEIPTS
 from erpsync.sync.model import SyncTable
@@ -271,7 +271,7 @@ class Receipt:
         if gid not in self._seen:
             self._seen.add(gid)
             self.rows.append([gid, kind, before_seq])
-            self.images[gid] = [key, values]  # encoded by data(): json calls _encode for the rest
+            self.images[gid] = [key, values]  # encoded by data()
 
     def meta(self, gid: str, before_seq: int) -> None:
         """A row whose metadata only the batch changed (a new clock, a tombstone's stamp)."""
@@ -308,19 +308,17 @@ class Receipt:
                 self.meta(gid, int(mine["seq"]) if mine is not None else 0)
 
     def data(self) -> bytes:
-        """The receipt as stored: compressed JSON (decimals, dates and bytes tagged as
-        ``changeset`` tags them, by the encoder's fallback: plain values cost nothing more)."""
-        data = {"new": self.new, "rows": self.rows, "images": self.images}
-        text = json.dumps(data, separators=(",", ":"), default=_json_value)
-        return zlib.compress(text.encode(), 1)
+        """The receipt as stored: compressed JSON, keys and values encoded as ``changeset``
+        encodes a batch's, column by column (decimals, dates and bytes tagged)."""
+        pairs = self.images.values()
+        keys = encode_rows([key for key, _ in pairs])
+        values = encode_rows([row for _, row in pairs])
+        images = {gid: [k, v] for gid, k, v in zip(self.images, keys, values, strict=True)}
+        return _compressed({"new": self.new, "rows": self.rows, "images": images})
 
 
-def _json_value(value: Any) -> Any:
-    """Decimals, dates, times and bytes as ``changeset`` tags them (JSON keeps the rest)."""
-    encoded = _encode(value)
-    if encoded is value:
-        raise TypeError(f"{type(value).__name__} values cannot be kept in a receipt")
-    return encoded
+def _compressed(data: dict[str, Any]) -> bytes:
+    return zlib.compress(dumps(data).encode(), 1)
 
 
 def before_images(rows: TableRows, keys: Sequence[Key]) -> dict[Key, tuple[Key, tuple[Any, ...]]]:
@@ -456,7 +454,7 @@ def receipts_after(node: Node, conn: Connection, first: int, sync_id: str) -> li
 
 def _entries(row: Any) -> list[Entry]:
     try:
-        data = json.loads(zlib.decompress(row.data))
+        data = json.loads(zlib.decompress(row.data))  # not orjson: old receipts hold untagged big integers
     except (zlib.error, ValueError) as exc:
         raise ErpSyncError(
             "a receipt of sync {id} is damaged: {reason}",
@@ -482,5 +480,5 @@ def save_entries(
 ) -> None:
     """Store entries written directly (an undo's ``RESTORED`` rows)."""
     if rows:
-        data = zlib.compress(json.dumps({"new": [], "rows": rows, "images": {}}).encode(), 1)
+        data = _compressed({"new": [], "rows": rows, "images": {}})
         conn.execute(insert(node.meta[RECEIPTS]).values(sync_id=sync_id, tbl=tbl, lo=lo, hi=hi, data=data))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Table, inspect, select
@@ -85,7 +86,7 @@ class TableRows:
                 f"INSERT INTO {self.quote(table)} ({', '.join(self.quote(n) for n in names)}) "
                 f"VALUES ({', '.join([self.mark] * len(names))})"
             )
-            self.many(sql, [_converted([r[n] for n in names], convert) for r in group])
+            self.many(sql, _params(group, names, convert))
 
     def update_rows(
         self, table: Table, where: Sequence[str], rows: list[dict[str, Any]], processors: bool = False
@@ -96,7 +97,7 @@ class TableRows:
             if not names:
                 continue
             convert = [self.processors.get(n) if processors else None for n in names] + [None] * len(where)
-            params = [_converted([r[n] for n in names] + [r[w] for w in where], convert) for r in group]
+            params = _params(group, [*names, *where], convert)
             self.node.dialect.bulk_update(self.conn, table, where, names, params)
 
     # -- metadata ----------------------------------------------------------------------------
@@ -293,5 +294,20 @@ class TableRows:
         self.many(f"DELETE FROM {self.quote(self.table.app.name)} WHERE {where}", [tuple(k) for k in keys])
 
 
-def _converted(values: list[Any], processors: Sequence[Callable[[Any], Any] | None]) -> tuple[Any, ...]:
-    return tuple(v if p is None or v is None else p(v) for v, p in zip(values, processors, strict=True))
+def _params(
+    rows: list[dict[str, Any]], names: Sequence[str], processors: Sequence[Callable[[Any], Any] | None]
+) -> list[Sequence[Any]]:
+    """The values of ``names`` in each row, converted where a processor is given (not ``None``s)."""
+    get = itemgetter(*names)
+    params: list[Sequence[Any]] = list(map(get, rows)) if len(names) > 1 else [(r[names[0]],) for r in rows]
+    slots = [(i, p) for i, p in enumerate(processors) if p is not None]
+    if not slots:
+        return params
+    out: list[Sequence[Any]] = []
+    for values in params:
+        converted = list(values)
+        for i, p in slots:
+            if converted[i] is not None:
+                converted[i] = p(converted[i])
+        out.append(converted)
+    return out
