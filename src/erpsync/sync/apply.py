@@ -237,6 +237,9 @@ class _Apply(Inserts):
         self.encoders = [encoder(c.type) for c in self.table.columns]
         self.column_policies = [policy_for(policies, self.table, c.key) for c in self.table.columns]
         self.shadow_keys = [f"k{i}" for i in range(len(self.table.keys))]
+        self.ref_slots = [
+            (i, self.table.parents[c.ref].key) for i, c in enumerate(self.table.columns) if c.ref
+        ]
         self.key_encoders = [encoder(k.type) for k in self.table.keys]
         self.shadow_inserts: list[dict[str, Any]] = []
         self.shadow_updates: list[dict[str, Any]] = []
@@ -452,7 +455,8 @@ class _Apply(Inserts):
         current = self.rows.app_values(needs_values) if needs_values else {}
         out = []
         for r, mine, stamps, rel, sides, versions in decided:
-            incoming = self._merge_row(r, mine, stamps, rel, sides, refs, current.get(self._key(mine)))
+            here = current.get(self._key(mine)) if current else None
+            incoming = self._merge_row(r, mine, stamps, rel, sides, refs, here)
             incoming.versions = versions
             out.append(incoming)
         return out
@@ -489,7 +493,7 @@ class _Apply(Inserts):
                 restamp.add(i)
         for i in restamp:
             new_stamps[i] = None
-        changed = sum(1 for side in sides if side is not Side.SAME)
+        changed = len(sides) - sides.count(Side.SAME)
         whole = not restamp and not differing and len(writes) == changed
         incoming = Incoming(r.gid, self._key(mine), values, new_stamps, writes, whole)
         if differing:
@@ -526,9 +530,9 @@ class _Apply(Inserts):
         """The remote values with references turned into local keys (self-references stay gids)."""
         assert r.values is not None
         values = list(r.values)
-        for i, column in enumerate(self.table.columns):
-            if column.ref is not None and values[i] is not None:
-                key = refs.get(self.table.parents[column.ref].key, {}).get(values[i])
+        for i, parent in self.ref_slots:
+            if values[i] is not None:
+                key = refs.get(parent, {}).get(values[i])
                 if key is not None:
                     values[i] = key[0]
         return values
