@@ -27,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 
 from erpsync.db import Database
-from erpsync.dialects.base import JOINED_UPDATES
+from erpsync.dialects.base import JOINED_UPDATES, UPDATE_TABLE
 
 TEXTS = [
     "plain",
@@ -193,6 +193,26 @@ def test_a_postgresql_role_without_temporary_tables_gets_one_update_per_row(post
         assert [tuple(r) for r in conn.execute(select(table.c.id, table.c.label).order_by(table.c.id))] == [
             (row[0], f"v{row[0]}") for row in rows
         ]
+
+
+def test_postgresql_updates_through_its_own_temporary_table_whatever_the_search_path(
+    postgresql: Database,
+) -> None:
+    """A table of the temporary table's name, in a schema searched first, is neither used nor touched."""
+    db = postgresql
+    with db.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (id int PRIMARY KEY, code varchar(20))"))
+        conn.execute(text("INSERT INTO t SELECT g, 'c' FROM generate_series(1, 30) g"))
+        conn.execute(text(f"CREATE TABLE public.{UPDATE_TABLE} (code varchar(20), id int)"))
+    table = Table("t", MetaData(), autoload_with=db.engine)
+    with db.engine.begin() as conn:
+        conn.execute(text("SET LOCAL search_path = public, pg_temp"))
+        db.dialect.bulk_update(conn, table, ["id"], ["code"], [(f"v{i}", i) for i in range(1, 31)])
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT id, code FROM t ORDER BY id")).all() == [
+            (i, f"v{i}") for i in range(1, 31)
+        ]
+        assert conn.execute(text(f"SELECT count(*) FROM public.{UPDATE_TABLE}")).scalar() == 0
 
 
 def test_postgresql_updates_many_rows_as_it_updates_one(postgresql: Database) -> None:

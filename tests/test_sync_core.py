@@ -283,6 +283,27 @@ def test_relay_through_a_third_node_raises_no_false_conflict(tmp_path: Path) -> 
         assert value(pc1, "SELECT count(*) FROM erpsync_conflict") == 0
 
 
+def test_rows_edited_in_different_columns_are_relayed_whole(tmp_path: Path) -> None:
+    """Each row of a batch keeps the clock of the column it changed, whatever columns the
+    other rows of the batch changed: relayed through a third node, every edit arrives."""
+    with nodes(tmp_path, "sqlite", "mariadb", "postgresql", scale=1, seed=9) as (pc1, pc2, pc3):
+        sync(pc1, pc2)
+        sync(pc2, pc3)
+        execute(
+            pc1,
+            "UPDATE tb_Client SET Email = 'relais@pc1.fr' WHERE Code = 'CLI-00004'",
+            "UPDATE tb_Client SET Telephone = '0102030405' WHERE Code = 'CLI-00005'",
+            "UPDATE tb_Client SET Email = 'autre@pc1.fr', Telephone = '0607080910' WHERE Code = 'CLI-00006'",
+        )
+        sync(pc1, pc2)
+        sync(pc2, pc3)
+        same(pc1, pc2, pc3)
+        assert rows(pc3, "SELECT Telephone FROM tb_Client WHERE Code = 'CLI-00005'") == [("0102030405",)]
+        assert rows(pc3, "SELECT Email, Telephone FROM tb_Client WHERE Code = 'CLI-00006'") == [
+            ("autre@pc1.fr", "0607080910")
+        ]
+
+
 def test_schema_mismatch_names_tables_and_columns(tmp_path: Path) -> None:
     with nodes(tmp_path, "sqlite", "sqlite") as (a, b):
         execute(b, "ALTER TABLE tb_Client ADD COLUMN Fax VARCHAR(20)")

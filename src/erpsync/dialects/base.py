@@ -125,31 +125,42 @@ class Dialect:
         table: its columns have the table's types, so a text too long is refused, not cut.
         Then one ``UPDATE`` joined to it key to key. A server that refuses the temporary
         table (no right to create one) is noted on the connection and gets one ``UPDATE``
-        per row; the refusal is rolled back to a savepoint, so the transaction goes on.
+        per row. The first try on a connection is made in a savepoint, so a refusal leaves
+        the transaction usable; a deadlock, which ends the whole transaction (savepoint
+        included, on MariaDB), is raised as it is, for the batch to be applied again.
         """
         allowed = conn.info.get(JOINED_UPDATES)
-        if allowed is None:
-            allowed = conn.info[JOINED_UPDATES] = self.allows_joined_updates(conn)
-        if not allowed:
+        if allowed is False or (allowed is None and not self.allows_joined_updates(conn)):
+            conn.info[JOINED_UPDATES] = False
             return False
         quote = conn.dialect.identifier_preparer.quote
         names = [*columns, *where]
         create, update, drop = self.joined_update_sql(
             quote(table.name), [quote(n) for n in where], [quote(n) for n in columns]
         )
+        savepoint = conn.begin_nested() if allowed is None else None
         try:
-            with conn.begin_nested():
-                conn.exec_driver_sql(drop)  # one left by a failed batch (MariaDB's outlive a rollback)
-                conn.exec_driver_sql(create)
+            conn.exec_driver_sql(drop)  # one left by a failed batch (MariaDB's outlive a rollback)
+            conn.exec_driver_sql(create)
         except DBAPIError as exc:
-            if self.is_retryable(exc):  # a deadlock ended the transaction: not a refusal
+            if savepoint is None or self.is_retryable(exc):  # not a refusal (a deadlock ended it all)
                 raise
+            savepoint.rollback()
             conn.info[JOINED_UPDATES] = False
             return False
-        self.bulk_insert(conn, Table(UPDATE_TABLE, sa.MetaData(), *[Column(n) for n in names]), names, rows)
+        if savepoint is not None:
+            savepoint.commit()
+            conn.info[JOINED_UPDATES] = True
+        temporary = Table(
+            UPDATE_TABLE, sa.MetaData(), *[Column(n) for n in names], schema=self.temporary_schema
+        )
+        self.bulk_insert(conn, temporary, names, rows)
         conn.exec_driver_sql(update)
         conn.exec_driver_sql(drop)
         return True
+
+    temporary_schema: ClassVar[str | None] = None
+    """Where the session's temporary tables are, when it can be named (``pg_temp``)."""
 
     def allows_joined_updates(self, conn: Connection) -> bool:
         """Whether ``joined_update`` may be tried on this connection (checked once per connection)."""
@@ -346,8 +357,8 @@ def single_pk(table: Table) -> Column[Any]:
 
 def column_list(conn: Connection, table: Table, keys: Sequence[str]) -> str:
     """``table (col, …)`` quoted for ``conn``, from column keys (the spec's spelling)."""
-    quote = conn.dialect.identifier_preparer.quote
-    return f"{quote(table.name)} ({', '.join(quote(table.c[key].name) for key in keys)})"
+    preparer = conn.dialect.identifier_preparer
+    return f"{preparer.format_table(table)} ({', '.join(preparer.quote(table.c[key].name) for key in keys)})"
 
 
 def first_line(error: object) -> str:

@@ -52,11 +52,17 @@ class PostgreSQL(Dialect):
         return count
 
     join_update_rows = 20
+    temporary_schema = "pg_temp"
 
     def joined_update_sql(self, table: str, where: list[str], columns: list[str]) -> tuple[str, str, str]:
         """Loaded by COPY, the table joined by the rows' keys (a nested loop on the table's
-        primary key); named in ``pg_temp`` so that no other table of that name is dropped."""
-        temporary = f"pg_temp.{UPDATE_TABLE}"
+        primary key); named in ``pg_temp``, so no other table of that name is used or dropped.
+
+        Values reach the columns as COPY's text, as new rows do: a value the column's type
+        cannot read (``1.5``, left by SQLite in an integer column) is refused, where one
+        ``UPDATE`` per row (batches of fewer than 20 rows) rounds it.
+        """
+        temporary = f"{self.temporary_schema}.{UPDATE_TABLE}"
         return (
             f"CREATE TEMPORARY TABLE {UPDATE_TABLE} AS SELECT {', '.join([*columns, *where])} "
             f"FROM {table} LIMIT 0",
