@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from erpsync.db import Database
 from erpsync.sync.node import init_node
 from erpsync.sync.session import sync
@@ -88,3 +90,32 @@ def test_any_schema_with_primary_keys_syncs_natural_keys_and_self_references(tmp
                 "SELECT c.name, p.name FROM t_item c LEFT JOIN t_item p ON p.id = c.parent ORDER BY c.name",
             )
             assert tree == [("autre racine", None), ("enfant", "racine"), ("racine", None)]
+
+
+@pytest.mark.parametrize("other", ["mariadb", "postgresql"])
+def test_a_date_primary_key_syncs_from_sqlite(tmp_path: Path, other: str) -> None:
+    """A table keyed by a date (SQLite keeps it as text): registered, paired by its key, synced."""
+    from erpsync.db import open_database
+
+    table = "CREATE TABLE t_rate (day DATE NOT NULL PRIMARY KEY, rate NUMERIC(10, 4))"
+    with (
+        fresh_database("sqlite", tmp_path) as a_url,
+        fresh_database(other, tmp_path) as b_url,
+        open_database(a_url, create=True) as a,
+        open_database(b_url) as b,
+    ):
+        execute(a, table, "INSERT INTO t_rate VALUES ('2026-01-01', 1.1), ('2026-01-02', 1.2)")
+        execute(b, table, "INSERT INTO t_rate VALUES ('2026-01-02', 1.25), ('2026-01-03', 1.3)")
+        init_node(a, "a")
+        init_node(b, "b")
+        sync(a, b)
+        same(a, b)
+        assert value(a, "SELECT count(*) FROM t_rate") == 3
+        execute(
+            a,
+            "UPDATE t_rate SET rate = 2.1 WHERE day = '2026-01-01'",
+            "INSERT INTO t_rate VALUES ('2026-01-04', 1.4)",
+        )
+        sync(a, b)
+        same(a, b)
+        assert str(value(b, "SELECT rate FROM t_rate WHERE day = '2026-01-01'")) == "2.1000"

@@ -455,8 +455,11 @@ def register_rows(node: Node, conn: Connection, table: SyncTable, state: NodeSta
         state.seq += count
         return count
     columns = ", ".join(f"t.{k}" for k in pk)
+    typed = [table.app.c[k.name] for k in table.keys]  # a SQLite date is text until typed as its column
     keys = conn.execute(
-        text(f"SELECT {columns} FROM {app} t WHERE NOT EXISTS (SELECT 1 FROM {shadow} r WHERE {missing})")
+        text(
+            f"SELECT {columns} FROM {app} t WHERE NOT EXISTS (SELECT 1 FROM {shadow} r WHERE {missing})"
+        ).columns(*typed)
     ).all()
     encoders = [encoder(k.type) for k in table.keys]
     rows = [
