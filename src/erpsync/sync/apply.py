@@ -238,7 +238,7 @@ class _Apply(Inserts):
         self.column_policies = [policy_for(policies, self.table, c.key) for c in self.table.columns]
         self.shadow_keys = [f"k{i}" for i in range(len(self.table.keys))]
         self.ref_slots = [
-            (i, self.table.parents[c.ref].key) for i, c in enumerate(self.table.columns) if c.ref
+            (i, self.table.parents[c.ref].key) for i, c in enumerate(self.table.columns) if c.ref is not None
         ]
         self.key_encoders = [encoder(k.type) for k in self.table.keys]
         self.shadow_inserts: list[dict[str, Any]] = []
