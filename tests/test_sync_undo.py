@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from sqlalchemy import MetaData, Table, inspect, select, text
 
 from erpsync.cli import cli
-from erpsync.db import Database
+from erpsync.db import Database, open_database
 from erpsync.errors import DatabaseNotFound
 from erpsync.sync import history
 from erpsync.sync.changeset import from_json, to_json
@@ -21,6 +21,7 @@ from erpsync.sync.peer import LocalPeer
 from erpsync.sync.session import sync
 from erpsync.sync.undo import UndoRefused, undo_last
 from erpsync.sync.verify import verify
+from tests.conftest import fresh_database
 from tests.sync_support import execute, nodes, rows, value
 
 
@@ -153,6 +154,33 @@ def test_a_row_deleted_behind_the_capture_comes_back_with_the_sync_and_goes_with
     report = undo_last(node)
     assert report is not None and (report.deleted, report.restored) == (1, 1)
     assert contents(node) == before
+
+
+def test_a_mariadb_time_column_is_updated_and_the_update_undone(tmp_path: Path) -> None:
+    """PyMySQL reads a TIME as a duration: the receipt keeps it, the undo writes it back."""
+    table = "CREATE TABLE t_slot (id INTEGER PRIMARY KEY, start_at TIME, label VARCHAR(20))"
+    with (
+        fresh_database("sqlite", tmp_path) as a_url,
+        fresh_database("mariadb", tmp_path) as b_url,
+        open_database(a_url, create=True) as pc,
+        open_database(b_url) as hub,
+    ):
+        execute(hub, table, "INSERT INTO t_slot VALUES (1, '08:30:00', 'matin'), (2, '14:00:00', 'soir')")
+        execute(pc, table)
+        init_node(hub, "hub")
+        init_node(pc, "pc")
+        sync(pc, hub)
+        execute(pc, "UPDATE t_slot SET start_at = '09:15:00', label = 'matinée' WHERE id = 1")
+        sync(pc, hub)
+        assert verify(pc, hub).same
+        assert rows(hub, "SELECT label, CAST(start_at AS CHAR) FROM t_slot WHERE id = 1") == [
+            ("matinée", "09:15:00")
+        ]
+        undo_last(hub)
+        assert rows(hub, "SELECT id, label, CAST(start_at AS CHAR) FROM t_slot ORDER BY id") == [
+            (1, "matin", "08:30:00"),
+            (2, "soir", "14:00:00"),
+        ]
 
 
 def test_rows_added_since_that_refer_to_a_row_the_sync_added_keep_it(pair: tuple[Database, Database]) -> None:

@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from operator import itemgetter
 from typing import Any
@@ -290,6 +290,7 @@ _TAGS: dict[type, tuple[str, Callable[[Any], str]]] = {
     memoryview: ("$b", _b64),
     float: ("$f", repr),
     int: ("$i", str),
+    timedelta: ("$td", lambda v: str(v // timedelta(microseconds=1))),  # MariaDB's TIME
 }
 _DECODERS: dict[str, Callable[[Any], Any]] = {
     "$d": Decimal,
@@ -299,6 +300,7 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "$b": base64.b64decode,
     "$f": float,
     "$i": int,
+    "$td": lambda text: timedelta(microseconds=int(text)),
 }
 
 
@@ -311,7 +313,7 @@ def _encode(value: Any) -> Any:
         return value
     if kind is float:
         return value if math.isfinite(value) else {"$f": repr(value)}
-    for cls in (Decimal, datetime, date, time, bytes, bytearray, memoryview):  # subclasses too
+    for cls in (Decimal, datetime, date, time, timedelta, bytes, bytearray, memoryview):  # subclasses too
         if isinstance(value, cls):
             tag, spell = _TAGS[cls]
             return {tag: spell(value)}
