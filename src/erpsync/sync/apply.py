@@ -349,15 +349,10 @@ class _Apply(Inserts):
                 self.result.conflicts += 1
 
     def _present(self, keys: list[Key]) -> set[Key]:
-        """Which of ``keys`` the table holds; with a receipt, their before-images are read at
-        the same time, for ``_remember`` (the batch has written nothing yet)."""
-        if self.receipt is not None:
-            self.images = history.before_images(self.rows, keys)
-            return set(self.images)
-        width = len(self.table.keys)
-        names = [self.rows.quote(k.name) for k in self.table.keys]
-        sql = f"SELECT {', '.join(names)} FROM {self.rows.quote(self.table.app.name)} WHERE"
-        return {tuple(row.values())[:width] for row in self.rows.select_in(sql, names, keys)}
+        """Which of ``keys`` the table holds, read with their before-images for ``_remember``
+        (the batch has written nothing yet)."""
+        self.images = history.before_images(self.rows, keys)
+        return set(self.images)
 
     def _resolve_references(self, rows: list[RowChange]) -> tuple[dict[str, dict[str, Key]], set[str]]:
         """Global ids of referenced rows → local keys; missing ones end the batch (see module doc).
