@@ -32,7 +32,7 @@ from erpsync.db import Database
 from erpsync.errors import InvalidArgument
 from erpsync.sync import changeset
 from erpsync.sync.node import Node
-from erpsync.sync.peer import LocalPeer
+from erpsync.sync.peer import PROTOCOL, LocalPeer
 from erpsync.sync.session import sync
 from erpsync.sync.verify import verify
 from erpsync.transport import PeerAddress, open_peer, wire
@@ -400,11 +400,14 @@ def test_client_errors_are_one_clear_line(tmp_path: Path) -> None:
             with pytest.raises(wire.ProtocolMismatch) as mismatch:
                 peer.hello()
             peer.close()
-            assert str(mismatch.value) == "this server speaks sync protocol 1, the client 7"
+            assert str(mismatch.value) == f"this server speaks sync protocol {PROTOCOL}, the client 7"
             hello = wire.HelloOut(
-                node_id="n", name="n", fingerprint="", shapes={}, seq=0, protocol=2, version="9.0"
+                node_id="n", name="n", fingerprint="", shapes={}, seq=0, protocol=PROTOCOL + 1, version="9.0"
             )
-            with pytest.raises(wire.ProtocolMismatch, match="speaks sync protocol 2, this erpsync speaks 1"):
+            with pytest.raises(
+                wire.ProtocolMismatch,
+                match=f"speaks sync protocol {PROTOCOL + 1}, this erpsync speaks {PROTOCOL}",
+            ):
                 wire.hello_in(hello, "serveur")
         with pytest.raises(InvalidArgument, match="is not the address of a served node"):
             HttpPeer("http://serveur:port")

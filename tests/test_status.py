@@ -14,6 +14,7 @@ from erpsync.config import BackupConfig
 from erpsync.db import Database
 from erpsync.status import check_peer, check_peers, node_report
 from erpsync.sync.node import init_node, set_policy
+from erpsync.sync.peer import PROTOCOL
 from erpsync.sync.session import sync
 from erpsync.transport import PeerAddress
 from erpsync.transport.folder import exchange
@@ -101,7 +102,7 @@ def test_peers_test_reports_each_peer_in_one_row(tmp_path: Path) -> None:
         good = checks["pc2"]
         assert good.ok and good.reachable and good.authenticated and good.schema
         assert good.node == "pc2" and good.latency is not None and good.latency > 0
-        assert good.version == f"erpsync {__version__}, protocol 1"
+        assert good.version == f"erpsync {__version__}, protocol {PROTOCOL}"
         down = checks["serveur"]
         assert not down.ok and down.reachable is False and "127.0.0.1:1" in (down.reason or "") and down.hint
         other_check = checks["autre"]
@@ -123,7 +124,9 @@ def test_peers_test_reports_each_peer_in_one_row(tmp_path: Path) -> None:
 def test_peers_test_authentication_over_http_and_mariadb(tmp_path: Path) -> None:
     with nodes(tmp_path, "sqlite", "sqlite") as (pc1, hub), running(hub, tokens={"pc1": "s3cret"}) as address:
         good = check_peer(pc1, PeerAddress(address, "s3cret", "hub"))
-        assert good.ok and good.authenticated and good.version == f"erpsync {__version__}, protocol 1"
+        assert (
+            good.ok and good.authenticated and good.version == f"erpsync {__version__}, protocol {PROTOCOL}"
+        )
         bad = check_peer(pc1, PeerAddress(address, "wrong", "hub"))
         assert bad.reachable is True and bad.authenticated is False and bad.hint and not bad.ok
         with fresh_database("mariadb", tmp_path) as server:

@@ -30,7 +30,7 @@ from typing import Any
 from erpsync.db import Database
 from erpsync.errors import ErpSyncError
 from erpsync.sync import conflicts, fingerprint
-from erpsync.sync.capture import Key
+from erpsync.sync.capture import Key, gids_of
 from erpsync.sync.changeset import ALIVE, RowChange, read_changes
 from erpsync.sync.encoding import encoder
 from erpsync.sync.hlc import Stamp
@@ -174,7 +174,7 @@ def _local_index(
     found = [(tuple(r[:width]), list(r[width:])) for r in rows.conn.execute(query)]
     for i, column in enumerate(table.columns):
         if column.ref is not None:
-            gids = rows.gids_of(table.parents[column.ref], {v[i] for _, v in found if v[i] is not None})
+            gids = gids_of(rows.conn, table.parents[column.ref], {v[i] for _, v in found if v[i] is not None})
             for _, values in found:
                 if values[i] is not None:
                     values[i] = gids.get(values[i], f"?{values[i]}")
@@ -204,7 +204,7 @@ def _pair(
         local = list(present[key])
         for i, parent in refs.items():
             if local[i] is not None:
-                local[i] = rows.gids_of(parent, [local[i]]).get(local[i])
+                local[i] = gids_of(rows.conn, parent, [local[i]]).get(local[i])
         stamps: list[Stamp | None] = list(remote.clocks)
         differing = [i for i in range(len(local)) if encoders[i](local[i]) != encoders[i](remote.values[i])]
         if differing:

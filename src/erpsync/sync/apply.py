@@ -330,7 +330,7 @@ class _Apply(Inserts):
         if self.receipt is not None:
             for r, mine, _ in inserts:
                 self.receipt.absent(r.gid, int(mine["seq"]) if mine is not None else 0)
-        self._write_inserts([(r, mine, by_gid[r.gid]) for r, mine, _ in inserts])
+        self._write_inserts([(r, mine, by_gid[r.gid]) for r, mine, _ in inserts], refs)
         for item in collisions.renumbered:
             if item.queued:
                 conflicts.record(
@@ -363,18 +363,19 @@ class _Apply(Inserts):
         missing: dict[str, set[str]] = {}
         dropped: set[str] = set()
         in_batch = {r.gid for r in rows}
-        for i, column in enumerate(self.table.columns):
-            if column.ref is None:
-                continue
-            parent = self.table.parents[column.ref]
-            for r in rows:
-                if r.values is not None and r.values[i] in self.skip:
-                    dropped.add(r.gid)
-            gids = {
-                r.values[i]
-                for r in rows
-                if r.values is not None and r.values[i] is not None and r.gid not in dropped
-            }
+        table = self.table
+        columns = [
+            (table.parents[c.ref], [None if r.values is None else r.values[i] for r in rows])
+            for i, c in enumerate(table.columns)
+            if c.ref is not None
+        ]
+        columns += [
+            (parent, [None if r.key is None else r.key[i] for r in rows]) for i, parent in table.key_refs
+        ]
+        for parent, values in columns:
+            if self.skip:
+                dropped.update(r.gid for r, v in zip(rows, values, strict=True) if v in self.skip)
+            gids = {v for r, v in zip(rows, values, strict=True) if v is not None and r.gid not in dropped}
             known = self.rows.keys_of(parent, gids)
             table_refs = resolved.setdefault(parent.key, {})
             for gid in gids:
@@ -542,16 +543,14 @@ class _Apply(Inserts):
         for row in rows:
             assert row.key is not None
             changes.append((row.key, {self.table.columns[i].name: row.values[i] for i in sorted(row.writes)}))
-            clocks = self.rows.clock_values(row.stamps)
-            self.shadow_updates.append(
-                {
-                    "gid": row.gid,
-                    **clocks,
-                    "vv": self.rows.versions_text(row.versions, row.stamps),
-                    "seq": self.state.next_seq(),
-                    "src": self.source if row.whole else None,
-                }
-            )
+            meta = self.rows.clock_values(row.stamps)
+            meta["vv"] = self.rows.versions_text(row.versions, row.stamps)
+            meta["src"] = self.source if row.whole else None
+            mine = self.local[row.gid]
+            # only what changes: each value bound costs (NULLs most), and the servers load less
+            changed = {k: v for k, v in meta.items() if mine[k] != v}
+            changed["gid"], changed["seq"] = row.gid, self.state.next_seq()
+            self.shadow_updates.append(changed)
             if row.writes:
                 self.touched.append(row.key)
         if self.receipt is not None:

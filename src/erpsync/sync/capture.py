@@ -109,7 +109,8 @@ def _fold_round(node: Node, conn: Connection, state: NodeState, table: SyncTable
     new_rows: list[dict[str, Any]] = []
     tombstones: list[dict[str, Any]] = []
     updates: dict[tuple[int, ...], list[dict[str, Any]]] = {}
-    encoders = [encoder(k.type) for k in table.keys]
+    fresh = [k for k in keys if k in present and (k not in shadows or entries[k].reinserted)]
+    natural = {} if table.surrogate else natural_gids(conn, table, fresh)
     for key, entry in entries.items():
         shadow = shadows.get(key)
         exists = key in present
@@ -121,11 +122,9 @@ def _fold_round(node: Node, conn: Connection, state: NodeState, table: SyncTable
         if not exists:
             continue
         if shadow is None:
-            gid = (
-                f"{node.prefix}{_next_gid(state):016x}"
-                if table.surrogate
-                else natural_gid(table.key, row_text(encoders, key))
-            )
+            gid = f"{node.prefix}{_next_gid(state):016x}" if table.surrogate else natural.get(key)
+            if gid is None:
+                continue  # references a row sync does not know (a foreign key not enforced)
             first = entry.inserted or max(entry.columns.values(), default=clock)
             row = {"gid": gid, "seq": state.next_seq(), "deleted": 0, "bh": first, "bn": SELF}
             row.update({f"k{i}": v for i, v in enumerate(key)})
@@ -196,6 +195,37 @@ def _versions_after(shadow: Any, columns: dict[int, int], width: int) -> str | N
     if full == after:
         return None
     return ",".join(f"{n}:{c}" for n, c in sorted(full.items()))
+
+
+def natural_gids(conn: Connection, table: SyncTable, keys: Sequence[Key]) -> dict[Key, str]:
+    """The global ids of rows of a natural-key table, by local key: derived from the key.
+
+    A key column that references another synced table counts as that row's
+    global id, the same on every node; a key whose referenced row has none
+    (it references no row sync knows) is left out.
+    """
+    texts = [encoder(k.type) for k in table.keys]
+    wire = {key: list(key) for key in keys}
+    for i, parent in table.key_refs:
+        texts[i] = str
+        gids = gids_of(conn, parent, {key[i] for key in keys})
+        for key, values in wire.items():
+            values[i] = gids.get(key[i])
+    return {
+        key: natural_gid(table.key, row_text(texts, values))
+        for key, values in wire.items()
+        if all(values[i] is not None for i, _ in table.key_refs)
+    }
+
+
+def gids_of(conn: Connection, table: SyncTable, keys: Iterable[Any]) -> dict[Any, str]:
+    """Global ids of present rows of ``table`` by their (single-column) local key."""
+    s = table.shadow
+    found: dict[Any, str] = {}
+    for part in _chunks(list(keys), IN_LIMIT):
+        for gid, key in conn.execute(select(s.c.gid, s.c.k0).where(s.c.k0.in_(part))):
+            found[key] = gid
+    return found
 
 
 def _next_gid(state: NodeState) -> int:

@@ -49,6 +49,12 @@ Cursors = dict[tuple[str, int], int]
 """(table, stream) → the sender's change sequence applied up to."""
 
 
+def clock_slots(width: int) -> int:
+    """How many clocks a row of ``width`` non-key columns has: one a column, and a row whose
+    columns are all in its key (a link table's) one, the clock of its own write."""
+    return width or 1
+
+
 @dataclass(slots=True)
 class RowChange:
     """One row's state as a node sends it."""
@@ -59,6 +65,7 @@ class RowChange:
     values: tuple[Any, ...] | None
     """In the batch's column order; ``None`` for a tombstone."""
     clocks: tuple[Stamp, ...] | None
+    """One per column (``clock_slots``)."""
     deleted: Stamp | None = None
     """The largest delete seen for this row (kept even when a later write revived it)."""
     seen: int | None = None
@@ -203,6 +210,10 @@ def _query(
     on = and_(*[app.c[k.name] == s.c[f"k{i}"] for i, k in enumerate(table.keys)])
     joined = s.outerjoin(app, on)
     columns: list[Any] = [s, *[app.c[k.name].label(f"a_k{i}") for i, k in enumerate(table.keys)]]
+    for i, referenced in table.key_refs:  # a key column referencing a synced row travels as its gid
+        alias = referenced.shadow.alias(f"q{i}")
+        joined = joined.outerjoin(alias, alias.c.k0 == app.c[table.keys[i].name])
+        columns.append(alias.c.gid.label(f"a_g{i}"))
     for i, column in enumerate(table.columns):
         if column.ref is not None:
             parent = table.parents[column.ref].shadow.alias(f"p{i}")
@@ -220,6 +231,13 @@ def _query(
     return query.limit(limit) if limit else query
 
 
+def _getter(positions: list[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """The values at ``positions`` of a row, as a tuple (``itemgetter`` gives a bare value for one)."""
+    if len(positions) > 1:
+        return itemgetter(*positions)
+    return lambda row: tuple(row[p] for p in positions)
+
+
 class _Reader:
     """Turns result rows of ``_query`` into ``RowChange``s, by column position (the hot loop of a send)."""
 
@@ -229,10 +247,10 @@ class _Reader:
         self.width = len(table.columns)
         self.gid, self.dh, self.dn, self.ds, self.vv = (at[k] for k in ("gid", "dh", "dn", "ds", "vv"))
         self.bh, self.bn = at["bh"], at["bn"]
-        self.keys = [at[f"a_k{i}"] for i in range(len(table.keys))]
-        self.values = itemgetter(*[at[f"v{i}"] for i in range(self.width)], at["gid"])
+        self.keys = [at[f"a_g{i}"] if k.ref else at[f"a_k{i}"] for i, k in enumerate(table.keys)]
+        self.values = _getter([at[f"v{i}"] for i in range(self.width)])
         self.clocks = [(at[f"c{i}"], at[f"n{i}"]) for i in range(self.width)]
-        self.clock_values = itemgetter(*[at[f"c{i}"] for i in range(self.width)], at["gid"])
+        self.clock_values = _getter([at[f"c{i}"] for i in range(self.width)])
         self.refs = [(i, at[f"v{i}"], at[f"g{i}"]) for i, c in enumerate(table.columns) if c.ref is not None]
 
     def __call__(self, stream: int, row: Sequence[Any]) -> RowChange | None:
@@ -241,10 +259,10 @@ class _Reader:
         if stream == GONE:
             return RowChange(row[self.gid], None, None, None, deleted, row[self.ds])
         key = tuple(row[i] for i in self.keys)
-        if key[0] is None:
-            return None  # deleted since the last fold: its tombstone goes next time
+        if None in key:
+            return None  # deleted since the last fold (its tombstone goes next time), or references
+            # a row not folded yet (sent once it is)
         values = list(self.values(row))
-        values.pop()
         for i, value_at, gid_at in self.refs:
             if row[value_at] is not None:
                 values[i] = row[gid_at]
@@ -252,7 +270,7 @@ class _Reader:
                     return None  # references a row not folded yet: sent once it is
         base = Stamp(row[self.bh], ids[row[self.bn]]) if row[self.bh] is not None else Stamp(0, "")
         if self.clock_values(row).count(None) == self.width:
-            clocks: tuple[Stamp, ...] = (base,) * self.width
+            clocks: tuple[Stamp, ...] = (base,) * clock_slots(self.width)
         else:
             clocks = tuple(Stamp(row[c], ids[row[n]]) if row[c] is not None else base for c, n in self.clocks)
         versions = parse_versions(row[self.vv], ids) if row[self.vv] else None

@@ -6,14 +6,14 @@ because the bulk path for new rows is the hot loop of a first sync.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from erpsync.sync.capture import Key
 from erpsync.sync.changeset import RowChange
 from erpsync.sync.keys import Incoming, catch_up
-from erpsync.sync.model import SyncTable
-from erpsync.sync.node import NodeState
+from erpsync.sync.model import SyncColumn, SyncTable
+from erpsync.sync.node import SELF, NodeState
 from erpsync.sync.rows import TableRows
 
 
@@ -31,10 +31,14 @@ class Inserts:
     shadow_updates: list[dict[str, Any]]
     result: Any
 
-    def _write_inserts(self, items: list[tuple[RowChange, Mapping[str, Any] | None, Incoming]]) -> None:
+    def _write_inserts(
+        self,
+        items: list[tuple[RowChange, Mapping[str, Any] | None, Incoming]],
+        refs: dict[str, dict[str, Key]],
+    ) -> None:
         if not items:
             return
-        keys = self._allocate([r for r, _, _ in items])
+        keys = self._allocate([r for r, _, _ in items], refs)
         app_rows = []
         self_refs = [i for i, c in enumerate(self.table.columns) if c.ref == self.table.key]
         gid_keys = {r.gid: k for (r, _, _), k in zip(items, keys, strict=True)}
@@ -80,84 +84,69 @@ class Inserts:
     def _fast_inserts(self, rows: list[RowChange], refs: dict[str, dict[str, Key]]) -> set[str]:
         """Insert rows new to this node in bulk; return the global ids done.
 
-        The common case of a first sync or of a batch of new rows: plain tuples,
-        one set query per unique key, the engine's bulk path. Rows whose business
-        key is already held here are left to the general path (renumbering).
+        The common case of a first sync or of a batch of new rows, worked column by
+        column (references resolved, values converted, a comprehension per column): one
+        set query per unique key, the engine's bulk path. Rows whose business key is
+        already held here are left to the general path (renumbering).
         """
         table = self.table
-        width = len(table.columns)
-        ref_slots = [
-            (i, refs.get(table.parents[c.ref].key, {}))
-            for i, c in enumerate(table.columns)
-            if c.ref is not None
-        ]
-        values_list: list[list[Any]] = []
-        for r in rows:
-            assert r.values is not None
-            values = list(r.values)
-            for i, found in ref_slots:
-                if values[i] is not None:
-                    values[i] = found[values[i]][0]
-            values_list.append(values)
-        held_back = self._held_business_keys(values_list)
-        chosen = [i for i in range(len(rows)) if i not in held_back]
-        if not chosen:
+        columns = [list(c) for c in zip(*[r.values or () for r in rows], strict=True)]
+        for i, column in enumerate(table.columns):
+            if column.ref is not None:
+                found = refs.get(table.parents[column.ref].key, {})
+                columns[i] = [None if v is None else found[v][0] for v in columns[i]]
+        held_back = self._held_business_keys(columns)
+        if held_back:
+            chosen = [n for n in range(len(rows)) if n not in held_back]
+            rows = [rows[n] for n in chosen]
+            columns = [[column[n] for n in chosen] for column in columns]
+        if not rows:
             return set()
-        catch_up(self.rows, [values_list[i] for i in chosen])
-        keys = self._allocate([rows[i] for i in chosen])
-        numbers: dict[str, int] = {}
-
-        def number(node_id: str) -> int:
-            if node_id not in numbers:
-                numbers[node_id] = self.rows.number(node_id)
-            return numbers[node_id]
-
-        convert = [(j, p) for j, c in enumerate(table.columns) if (p := self.rows.processors.get(c.name))]
-        key_convert = [(j, p) for j, k in enumerate(table.keys) if (p := self.rows.processors.get(k.name))]
-        app_rows: list[tuple[Any, ...]] = []
+        catch_up(self.rows, columns)
+        keys = self._allocate(rows, refs)
+        key_columns = self._converted(table.keys, [list(c) for c in zip(*keys, strict=True)])
+        app_rows = list(zip(*key_columns, *self._converted(table.columns, columns), strict=True))
+        self.touched.extend(keys)
+        number = self.rows.number
         # Python's sqlite3 binds NULL slowly: each shape of row lists only the columns it fills
         fixed = ("gid", *(f"k{j}" for j in range(len(table.keys))), "seq", "deleted", "src", "bh", "bn")
-        shadow_rows: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        plain: list[tuple[Any, ...]] = []
+        shadow_rows: dict[tuple[str, ...], list[tuple[Any, ...]]] = {fixed: plain}
         source = self.source
-        for i, key, seq in zip(chosen, keys, self.state.next_seqs(len(chosen)), strict=True):
-            r = rows[i]
+        for r, key, seq in zip(rows, keys, self.state.next_seqs(len(rows)), strict=True):
             assert r.clocks is not None
-            values = values_list[i]
-            for j, convert_one in convert:
-                if values[j] is not None:
-                    values[j] = convert_one(values[j])
-            if key_convert:
-                converted = list(key)
-                for j, convert_one in key_convert:
-                    converted[j] = convert_one(converted[j])
-                app_rows.append((*converted, *values))
-            else:
-                app_rows.append((*key, *values))
-            self.touched.append(key)
             first = r.clocks[0]
-            if r.clocks.count(first) == width:  # most rows: one clock for every column
-                row: tuple[Any, ...] = (r.gid, *key, seq, 0, source, first.hlc, number(first.node))
-                extra: dict[str, Any] = {}
-            else:
-                stored = self.rows.clock_values(list(r.clocks))
-                row = (r.gid, *key, seq, 0, source, stored["bh"], stored["bn"])
-                extra = {k: v for k, v in stored.items() if k[0] in "cn" and v is not None}
+            if r.clocks.count(first) == len(r.clocks) and not r.versions and r.deleted is None:
+                node = number(first.node) if first.node else SELF
+                plain.append((r.gid, *key, seq, 0, source, first.hlc, node))
+                continue  # most rows: written once, one clock for every column
+            stored = self.rows.clock_values(list(r.clocks))
+            row = (r.gid, *key, seq, 0, source, stored["bh"], stored["bn"])
+            extra = {k: v for k, v in stored.items() if k[0] in "cn" and v is not None}
             if r.versions:
                 extra["vv"] = self.rows.versions_text(r.versions, list(r.clocks))
             if r.deleted is not None:
                 extra.update(dh=r.deleted.hlc, dn=number(r.deleted.node))
-            shadow_rows.setdefault((*fixed, *extra), []).append((*row, *extra.values()) if extra else row)
+            shadow_rows.setdefault((*fixed, *extra), []).append((*row, *extra.values()))
         key_names = [k.name for k in table.keys]
         self.rows.bulk_insert(table.app, [*key_names, *(c.name for c in table.columns)], app_rows)
         if table.surrogate:
             self.rows.node.dialect.after_explicit_ids(self.rows.conn, table.app)
-        for columns, group in shadow_rows.items():
-            self.rows.bulk_insert(table.shadow, list(columns), group)
-        self.result.inserted += len(chosen)
-        return {rows[i].gid for i in chosen}
+        for names, group in shadow_rows.items():
+            self.rows.bulk_insert(table.shadow, list(names), group)
+        self.result.inserted += len(rows)
+        return {r.gid for r in rows}
 
-    def _held_business_keys(self, values_list: list[list[Any]]) -> set[int]:
-        """Indexes of new rows whose unique business key a local row already holds."""
+    def _converted(self, definitions: Sequence[SyncColumn], columns: list[list[Any]]) -> list[list[Any]]:
+        """``columns`` of values converted for the driver as SQLAlchemy would (``None`` kept)."""
+        out = []
+        for definition, values in zip(definitions, columns, strict=True):
+            convert = self.rows.processors.get(definition.name)
+            out.append(values if convert is None else [None if v is None else convert(v) for v in values])
+        return out
+
+    def _held_business_keys(self, columns: list[list[Any]]) -> set[int]:
+        """Indexes of new rows (their values by column) whose unique business key a local row holds."""
         table = self.table
         held: set[int] = set()
         for unique in table.uniques:
@@ -165,8 +154,8 @@ class Inserts:
                 continue
             slots = [table.index(c) for c in unique]
             wanted: dict[tuple[Any, ...], int] = {}
-            for n, values in enumerate(values_list):
-                value = tuple(values[i] for i in slots)
+            values = list(zip(*(columns[i] for i in slots), strict=True))
+            for n, value in enumerate(values):
                 if None not in value:
                     if _loose(value) in wanted:  # twice in the batch: let the general path sort it out
                         held.add(n)
@@ -175,19 +164,23 @@ class Inserts:
                 continue
             names = [self.rows.quote(table.columns[i].name) for i in slots]
             sql = f"SELECT {', '.join(names)} FROM {self.rows.quote(table.app.name)} WHERE"
-            found = self.rows.select_in(
-                sql, names, [tuple(values_list[n][i] for i in slots) for n in wanted.values()]
-            )
+            found = self.rows.select_in(sql, names, [values[n] for n in wanted.values()])
             for row in found:
                 match = wanted.get(_loose(tuple(row.values())))
                 if match is not None:
                     held.add(match)
         return held
 
-    def _allocate(self, rows: list[RowChange]) -> list[Key]:
-        """Local keys for new rows: the sender's id where it is free here, else the next free one."""
+    def _allocate(self, rows: list[RowChange], refs: dict[str, dict[str, Key]]) -> list[Key]:
+        """Local keys for new rows: the sender's id where it is free here, else the next free one;
+        a natural key as it is, its references to other synced rows turned into their local ids."""
         if not self.table.surrogate:
-            return [tuple(r.key or ()) for r in rows]
+            natural = [list(r.key or ()) for r in rows]
+            for i, parent in self.table.key_refs:
+                local = refs.get(parent.key, {})
+                for key in natural:
+                    key[i] = local[key[i]][0]
+            return [tuple(key) for key in natural]
         top = self.rows.node.dialect.reserve_ids(self.rows.conn, self.table.app)
         hints = [r.key[0] if r.key else None for r in rows]
         column = self.rows.quote(self.rows.key_columns[0].name)

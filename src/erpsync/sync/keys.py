@@ -201,18 +201,18 @@ def _holders(
     return found
 
 
-def catch_up(rows: TableRows, values: Sequence[Sequence[Any]]) -> None:
-    """Move this node's numbering counters past the business numbers of rows being written.
+def catch_up(rows: TableRows, columns: Sequence[Sequence[Any]]) -> None:
+    """Move this node's numbering counters past the business numbers of rows being written
+    (their values by column).
 
     A PC that received the server's orders must not draw one of their numbers next.
     """
     table = rows.table
-    if not values or not table.settings.series or not _has_numbering(rows):
+    if not columns or not table.settings.series or not _has_numbering(rows):
         return
     schema = erp_tables(rows.node.dialect)
     for column, kind in table.settings.series.items():
-        slot = table.index(column)
-        numbering.catch_up(rows.conn, schema, kind, (v[slot] for v in values))
+        numbering.catch_up(rows.conn, schema, kind, columns[table.index(column)])
 
 
 def _fresh(

@@ -9,7 +9,10 @@ A table whose primary key is one integer column has a *surrogate* key: its
 local ids may differ from node to node, rows are identified by global ids, and
 columns that reference it carry global ids between nodes. Any other primary
 key is *natural*: it means the same row on every node, so the global id is
-derived from it.
+derived from it. A key column may reference another synced table (a link table
+keyed by two references, a table sharing its parent's id): it then holds that
+row's local id, travels as its global id, and the global id is derived from
+it, so the link follows the rows it links wherever their ids differ.
 """
 
 from __future__ import annotations
@@ -124,8 +127,14 @@ class SyncTable:
 
     @property
     def surrogate(self) -> bool:
-        """Whether the primary key is one integer column (local ids, global ids between nodes)."""
-        return len(self.keys) == 1 and isinstance(self.keys[0].type, sqltypes.Integer)
+        """Whether the primary key is one integer column of its own (local ids, global ids between
+        nodes), not a reference to another table's rows."""
+        return is_surrogate(self.settings.shape)
+
+    @property
+    def key_refs(self) -> list[tuple[int, SyncTable]]:
+        """(position, referenced table) of the key columns that hold another synced row's local id."""
+        return [(i, self.parents[k.ref]) for i, k in enumerate(self.keys) if k.ref is not None]
 
     def index(self, column_key: str) -> int:
         """The clock slot of a column."""
@@ -209,8 +218,8 @@ def load_table(
 ) -> SyncTable:
     """A synced table, reflected from ``conn``, with its metadata tables.
 
-    Only references to ``surrogates`` (tables with local ids) are translated
-    through global ids; a natural key means the same row on every node.
+    Only references to ``surrogates`` (tables with local ids, see ``local_keys``) are
+    translated through global ids; any other natural key means the same row on every node.
     """
     app = Table(name, md, autoload_with=conn)
     by_key = {c.name.lower(): c for c in app.columns}
@@ -243,16 +252,39 @@ def load_table(
 
 
 def is_surrogate(shape: dict[str, Any]) -> bool:
-    """Whether a stored shape has a primary key of one integer column."""
+    """Whether a stored shape has a primary key of one integer column referencing no synced table."""
     key = shape.get("key", [])
-    return len(key) == 1 and str(key[0]).endswith(" INTEGER")
+    return (
+        len(key) == 1
+        and str(key[0]).endswith(" INTEGER")
+        and str(key[0]).split()[0] not in shape.get("refs", {})
+    )
+
+
+def local_keys(shapes: dict[str, dict[str, Any]]) -> set[str]:
+    """The synced tables whose key values may differ from node to node.
+
+    Surrogate keys, and keys with a column referencing such a table (their
+    references travel as global ids, keys included).
+    """
+    out = {name for name, shape in shapes.items() if is_surrogate(shape)}
+    grown = True
+    while grown:
+        grown = False
+        for name, shape in shapes.items():
+            refs = shape.get("refs", {})
+            keys = [str(k).split()[0] for k in shape.get("key", [])]
+            if name not in out and any(refs.get(k) in out for k in keys):
+                out.add(name)
+                grown = True
+    return out
 
 
 def link(tables: Sequence[SyncTable]) -> None:
-    """Point each table's reference columns at the synced tables they reference."""
+    """Point each table's reference columns (keys included) at the synced tables they reference."""
     by_key = {t.key: t for t in tables}
     for table in tables:
-        table.parents = {c.ref: by_key[c.ref] for c in table.columns if c.ref in by_key}
+        table.parents = {c.ref: by_key[c.ref] for c in (*table.keys, *table.columns) if c.ref in by_key}
 
 
 def parents_first(tables: Sequence[SyncTable]) -> list[SyncTable]:

@@ -19,7 +19,6 @@ from sqlalchemy import Connection, MetaData, Table, delete, func, insert, inspec
 from erpsync.db import Database
 from erpsync.errors import ErpSyncError, InvalidArgument
 from erpsync.sync import meta
-from erpsync.sync.encoding import encoder, natural_gid, row_text
 from erpsync.sync.hlc import tick
 from erpsync.sync.model import (
     Settings,
@@ -27,17 +26,17 @@ from erpsync.sync.model import (
     UnknownTable,
     catalog_digest,
     fingerprint,
-    is_surrogate,
     link,
     load_table,
+    local_keys,
     parents_first,
     table_shape,
 )
 from erpsync.sync.policies import LWW
 
-VERSION = 3
+VERSION = 4
 """Version of erpsync's tables in a node: 2 added the sync history and undo receipts,
-3 the PostgreSQL capture functions without JIT."""
+3 the PostgreSQL capture functions without JIT, 4 the global ids of keys referencing other rows."""
 SELF = 1
 """The number of this node in its own ``erpsync_peer`` table."""
 
@@ -148,9 +147,9 @@ class Node:
             if conn is None:
                 with self.db.connect() as c:
                     return self.tables(c)
-            surrogates = {name.lower() for _, name, _, s in self.rows if is_surrogate(s.shape)}
+            translated = local_keys(self.shapes())
             loaded = [
-                load_table(conn, self.dialect, self._md, no, name, policy, settings, surrogates)
+                load_table(conn, self.dialect, self._md, no, name, policy, settings, translated)
                 for no, name, policy, settings in self.rows
             ]
             link(loaded)
@@ -346,6 +345,24 @@ def upgrade(db: Database, version: int) -> None:
         bumped = conn.execute(update(node_t).where(node_t.c.version < VERSION).values(version=VERSION))
         if bumped.rowcount and version < 3:
             db.dialect.upgrade_capture(conn)
+        if bumped.rowcount and version < 4:
+            _rederive_natural_gids(Node(db, conn), conn)
+
+
+def _rederive_natural_gids(node: Node, conn: Connection) -> None:
+    """Give the rows of tables keyed by references to other rows the global ids derived from
+    those rows' global ids (before version 4, from their local ids, which differ by node)."""
+    from erpsync.sync.capture import natural_gids
+
+    for table in node.tables(conn):
+        if table.surrogate or not table.key_refs:
+            continue
+        s = table.shadow
+        columns = [s.c[f"k{i}"] for i in range(len(table.keys))]
+        found = {tuple(r[1:]): r[0] for r in conn.execute(select(s.c.gid, *columns).where(s.c.deleted == 0))}
+        for key, gid in natural_gids(conn, table, list(found)).items():
+            if gid != found[key]:
+                conn.execute(update(s).where(s.c.gid == found[key]).values(gid=gid))
 
 
 def _set_tables(
@@ -433,8 +450,11 @@ def register_rows(node: Node, conn: Connection, table: SyncTable, state: NodeSta
     """Give a global id to every row of ``table`` that has none yet; return how many.
 
     Surrogate keys: one set-based ``INSERT … SELECT`` numbering the rows after
-    the node's global-id counter. Natural keys: the id is derived from the key.
+    the node's global-id counter. Natural keys: the id is derived from the key
+    (``capture.natural_gids``), so tables are registered parents first.
     """
+    from erpsync.sync.capture import natural_gids
+
     q = node.db.quote
     pk = [q(k.name) for k in table.keys]
     shadow, app = q(table.shadow.name), q(table.app.name)
@@ -461,11 +481,8 @@ def register_rows(node: Node, conn: Connection, table: SyncTable, state: NodeSta
             f"SELECT {columns} FROM {app} t WHERE NOT EXISTS (SELECT 1 FROM {shadow} r WHERE {missing})"
         ).columns(*typed)
     ).all()
-    encoders = [encoder(k.type) for k in table.keys]
-    rows = [
-        {"gid": natural_gid(table.key, row_text(encoders, key)), **{f"k{i}": v for i, v in enumerate(key)}}
-        for key in keys
-    ]
+    gids = natural_gids(conn, table, [tuple(key) for key in keys])
+    rows = [{"gid": gid, **{f"k{i}": v for i, v in enumerate(key)}} for key, gid in gids.items()]
     for row in rows:
         row.update(seq=state.next_seq(), deleted=0, bh=state.hlc, bn=SELF)
     if rows:

@@ -30,7 +30,8 @@ from erpsync.sync.changeset import Batch, Cursors
 from erpsync.sync.meta import BATCHES, CURSORS, NODE, PEERS, log_name
 from erpsync.sync.node import Node
 
-PROTOCOL = 1
+PROTOCOL = 2
+"""Version of what nodes send each other: 2 sends keys referencing other rows as their global ids."""
 
 
 @dataclass(frozen=True)

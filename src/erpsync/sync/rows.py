@@ -125,7 +125,7 @@ class TableRows:
         base = self.stamp_of(shadow["bh"], shadow["bn"])
         return [
             base if shadow[c] is None else self.stamp_of(shadow[c], shadow[n]) for c, n in self.clock_columns
-        ]
+        ] or [base]  # a row whose columns are all in its key: the clock of its own write
 
     def versions(self, shadow: Mapping[str, Any], stamps: Sequence[Stamp] | None = None) -> Versions:
         """A present row's version vector: the stored one, else the one its clocks imply."""
@@ -171,7 +171,7 @@ class TableRows:
             base = Counter(resolved).most_common(1)[0][0]
         assert base is not None
         values: dict[str, Any] = {"bh": base.hlc, "bn": self.number(base.node) if base.node else SELF}
-        for (c, n), stamp in zip(self.clock_columns, resolved, strict=True):
+        for (c, n), stamp in zip(self.clock_columns, resolved, strict=bool(self.clock_columns)):
             assert stamp is not None
             if stamp == base:
                 values[c] = values[n] = None
@@ -222,15 +222,6 @@ class TableRows:
             r["gid"]: None if r["deleted"] else tuple(r[f"k{i}"] for i in range(width))
             for r in self.select_in(sql, ["gid"], [(g,) for g in gids])
         }
-
-    def gids_of(self, table: SyncTable, keys: Iterable[Any]) -> dict[Any, str]:
-        """Global ids of present rows of ``table`` by their (single-column) local key."""
-        s = table.shadow
-        found: dict[Any, str] = {}
-        for part in _chunks(list(keys), IN_LIMIT):
-            for gid, key in self.conn.execute(select(s.c.gid, s.c.k0).where(s.c.k0.in_(part))):
-                found[key] = gid
-        return found
 
     def referenced(self, keys: Sequence[Key]) -> set[Key]:
         """Which of ``keys`` are still referenced by a row of any table (synced or not)."""

@@ -65,7 +65,11 @@ def row_texts(node: Node, table: SyncTable) -> Iterator[tuple[str, str]]:
             m = row._mapping
             if m["a_k0"] is None:
                 continue
-            parts = [] if table.surrogate else [keys[i](m[f"a_k{i}"]) for i in range(len(keys))]
+            parts = (
+                []
+                if table.surrogate
+                else [str(m[f"a_g{i}"]) if k.ref else keys[i](m[f"a_k{i}"]) for i, k in enumerate(table.keys)]
+            )
             for i, column in enumerate(table.columns):
                 if column.ref is not None:
                     parts.append(NULL if m[f"v{i}"] is None else str(m[f"g{i}"]))

@@ -70,7 +70,8 @@ from erpsync.sync.policies import PolicyOverride
 from erpsync.sync.session import RETRIES, SyncSummary, backup_then_begin, policies_of
 from erpsync.transport import PeerAddress
 
-FORMAT = 1
+FORMAT = 2
+"""Version of the change files: 2 holds keys referencing other rows as their global ids."""
 SUBFOLDER = "erpsync"
 STATE = "node.json"
 STALE_AFTER = timedelta(days=30)

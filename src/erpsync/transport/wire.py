@@ -366,8 +366,9 @@ def _batch_problem(batch: Batch) -> str | None:
     if set(map(type, gids)) - {str} or any(not 0 < len(g) <= GID_LENGTH for g in gids):
         return "every row needs a global id of at most 32 characters"
     present = [r for r in rows if r.values is not None]
-    if any(len(r.values or ()) != width or len(r.clocks or ()) != width for r in present):
-        return f"rows present need {width} values and {width} clocks"
+    slots = changeset.clock_slots(width)
+    if any(len(r.values or ()) != width or len(r.clocks or ()) != slots for r in present):
+        return f"rows present need {width} values and {slots} clocks"
     if any(r.clocks is not None or r.deleted is None for r in rows if r.values is None):
         return "a tombstone has a delete clock and no column clocks"
     if batch.stream == GONE and present:
