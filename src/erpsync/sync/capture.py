@@ -16,8 +16,9 @@ if the trigger had computed it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, tuple_, update
@@ -243,6 +244,14 @@ def _bits(mask: int, width: int) -> Iterable[int]:
             yield i
     if width > ALL_REST and mask >> ALL_REST & 1:
         yield from range(ALL_REST, width)
+
+
+def values_at(keys: Sequence[Any]) -> Callable[[Any], tuple[Any, ...]]:
+    """The values of a row at ``keys`` (positions, or names of a mapping), as a tuple, in C
+    (``itemgetter`` gives a bare value for one key)."""
+    if len(keys) > 1:
+        return itemgetter(*keys)
+    return lambda row: tuple(row[k] for k in keys)
 
 
 def same_keys(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -26,14 +26,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from operator import itemgetter
 from typing import Any
 
 import orjson
 from sqlalchemy import and_, or_, select, text
 from sqlalchemy.sql.elements import ColumnElement
 
-from erpsync.sync.capture import fold
+from erpsync.sync.capture import fold, values_at
 from erpsync.sync.hlc import Stamp
 from erpsync.sync.meta import NODE, shadow_name
 from erpsync.sync.model import SyncTable, dependency_order, parents_of
@@ -231,13 +230,6 @@ def _query(
     return query.limit(limit) if limit else query
 
 
-def _getter(positions: list[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
-    """The values at ``positions`` of a row, as a tuple (``itemgetter`` gives a bare value for one)."""
-    if len(positions) > 1:
-        return itemgetter(*positions)
-    return lambda row: tuple(row[p] for p in positions)
-
-
 class _Reader:
     """Turns result rows of ``_query`` into ``RowChange``s, by column position (the hot loop of a send)."""
 
@@ -248,9 +240,9 @@ class _Reader:
         self.gid, self.dh, self.dn, self.ds, self.vv = (at[k] for k in ("gid", "dh", "dn", "ds", "vv"))
         self.bh, self.bn = at["bh"], at["bn"]
         self.keys = [at[f"a_g{i}"] if k.ref else at[f"a_k{i}"] for i, k in enumerate(table.keys)]
-        self.values = _getter([at[f"v{i}"] for i in range(self.width)])
+        self.values = values_at([at[f"v{i}"] for i in range(self.width)])
         self.clocks = [(at[f"c{i}"], at[f"n{i}"]) for i in range(self.width)]
-        self.clock_values = _getter([at[f"c{i}"] for i in range(self.width)])
+        self.clock_values = values_at([at[f"c{i}"] for i in range(self.width)])
         self.refs = [(i, at[f"v{i}"], at[f"g{i}"]) for i, c in enumerate(table.columns) if c.ref is not None]
 
     def __call__(self, stream: int, row: Sequence[Any]) -> RowChange | None:

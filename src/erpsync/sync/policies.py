@@ -127,6 +127,8 @@ Versions = dict[str, int]
 
 def implied(stamps: Sequence[Stamp]) -> Versions:
     """The version vector the column clocks alone imply (what is stored when nothing more is known)."""
+    if stamps and stamps.count(stamps[0]) == len(stamps):  # a row written once: one clock
+        return {stamps[0].node: stamps[0].hlc} if stamps[0].node else {}
     out: Versions = {}
     for stamp in stamps:
         if stamp.node and stamp.hlc > out.get(stamp.node, 0):

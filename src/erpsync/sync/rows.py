@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, inspect, select
 
 from erpsync.dialects.base import execute_many
-from erpsync.sync.capture import IN_LIMIT, Key, _chunks, key_in, same_keys
+from erpsync.sync.capture import IN_LIMIT, Key, _chunks, key_in, same_keys, values_at
 from erpsync.sync.hlc import Stamp
 from erpsync.sync.model import SyncTable
 from erpsync.sync.node import SELF, Node, NodeState
@@ -39,6 +39,7 @@ class TableRows:
         }
         self._numbers: dict[str, int] = {v: k for k, v in self.ids.items()}
         self.clock_columns = [(f"c{i}", f"n{i}") for i in range(len(table.columns))]
+        self._column_clocks = values_at([c for c, _ in self.clock_columns])
 
     # -- plain DB-API: the hot paths skip SQLAlchemy's per-row parameter handling -------------
 
@@ -123,6 +124,8 @@ class TableRows:
     def stamps(self, shadow: Mapping[str, Any]) -> list[Stamp]:
         """The clock of each column of a present row."""
         base = self.stamp_of(shadow["bh"], shadow["bn"])
+        if self._column_clocks(shadow).count(None) == len(self.clock_columns):  # a row written once
+            return [base] * (len(self.clock_columns) or 1)
         return [
             base if shadow[c] is None else self.stamp_of(shadow[c], shadow[n]) for c, n in self.clock_columns
         ] or [base]  # a row whose columns are all in its key: the clock of its own write
