@@ -265,10 +265,10 @@ def _floor(engine: str, new_rows: Rows, updates: list[tuple[Any, ...]]) -> tuple
 
         def update() -> None:
             lines = tables["tb_LigneCommande"]
+            key, columns = lines.c["id"].name, [lines.c[c].name for c in ("Quantite", "Designation")]
             for start in range(0, len(updates), 5000):
                 with db.begin() as conn:
-                    part = updates[start : start + 5000]
-                    db.dialect.bulk_update(conn, lines, ["id"], ["Quantite", "Designation"], part)
+                    db.dialect.bulk_update(conn, lines, [key], columns, updates[start : start + 5000])
 
         return timed(insert)[0], timed(update)[0]
 
