@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Numeric, text
 
 from erpsync.db import Database
-from erpsync.sync.node import init_node
+from erpsync.sync.encoding import encoder
+from erpsync.sync.node import Node, init_node
 from erpsync.sync.session import sync
 from erpsync.sync.verify import verify
 from tests.conftest import fresh_database
@@ -119,3 +123,66 @@ def test_a_date_primary_key_syncs_from_sqlite(tmp_path: Path, other: str) -> Non
         sync(a, b)
         same(a, b)
         assert str(value(b, "SELECT rate FROM t_rate WHERE day = '2026-01-01'")) == "2.1000"
+
+
+def test_decimals_of_any_size_are_compared_exactly(tmp_path: Path) -> None:
+    """More than 28 significant digits (the default context's): spelled in full, never rounded."""
+    from erpsync.db import open_database
+
+    digits = "12345678901234567890.1234567891"
+    with (
+        fresh_database("postgresql", tmp_path) as a_url,
+        fresh_database("mariadb", tmp_path) as b_url,
+        open_database(a_url) as a,
+        open_database(b_url) as b,
+    ):
+        for db in (a, b):
+            execute(db, "CREATE TABLE t_amount (id INTEGER NOT NULL PRIMARY KEY, v DECIMAL(30, 10))")
+            init_node(db, db.dialect.name)
+        execute(a, f"INSERT INTO t_amount VALUES (1, {digits})")
+        sync(a, b)
+        same(a, b)
+        assert str(value(b, "SELECT v FROM t_amount")) == digits
+        bypass(b, f"UPDATE t_amount SET v = {digits[:-1]}2 WHERE id = 1")  # the 30th digit differs
+        assert verify(a, b).tables["t_amount"].different
+    unscaled = encoder(Numeric())
+    assert unscaled(Decimal("1" * 40 + ".5")) != unscaled(Decimal("1" * 40 + ".4"))
+
+
+@pytest.mark.parametrize(
+    ("other", "here", "there", "literal"),
+    [("postgresql", "BLOB", "BYTEA", "X'00ff10'"), ("mariadb", "BOOLEAN", "BOOLEAN", "1")],
+    ids=["blob-bytea", "boolean-tinyint"],
+)
+def test_the_same_column_declared_on_two_engines_syncs(
+    tmp_path: Path, other: str, here: str, there: str, literal: str
+) -> None:
+    """Bytes are one family whatever the engine calls them; MariaDB stores a boolean as TINYINT."""
+    from erpsync.db import open_database
+
+    table = "CREATE TABLE t_file (id INTEGER NOT NULL PRIMARY KEY, v {})"
+    with (
+        fresh_database("sqlite", tmp_path) as a_url,
+        fresh_database(other, tmp_path) as b_url,
+        open_database(a_url, create=True) as a,
+        open_database(b_url) as b,
+    ):
+        execute(a, table.format(here), f"INSERT INTO t_file VALUES (1, {literal})")
+        execute(b, table.format(there))
+        init_node(a, "pc")
+        init_node(b, "serveur")
+        sync(a, b)
+        same(a, b)
+        assert rows(a, "SELECT v FROM t_file") == rows(b, "SELECT v FROM t_file")
+        # a node whose fingerprint an older erpsync computed gets this one's when opened
+        with a.begin() as conn:
+            old = {**Node(a, conn).shapes()["t_file"]}
+            old["columns"] = {"v": f"{here} NULL"}
+            conn.execute(
+                text("UPDATE erpsync_table SET settings = :s WHERE no = 1"),
+                {"s": replace(Node(a, conn).table("t_file", conn).settings, shape=old).to_json()},
+            )
+            conn.execute(text("UPDATE erpsync_node SET version = 3, fingerprint = 'old'"))
+        execute(a, "DELETE FROM t_file")
+        sync(a, b)
+        assert value(b, "SELECT count(*) FROM t_file") == 0

@@ -427,6 +427,8 @@ FRENCH: dict[str, str] = {
     "the batch for {table} lacks column {column}": "le lot pour {table} n'a pas la colonne {column}",
     "the nodes' schemas differ: run erpsync node init on both": "les schémas des nœuds diffèrent : lancez erpsync node init sur les deux",
     "cannot apply changes of {table}: the rows they reference keep changing": "impossible d'appliquer les modifications de {table} : les lignes qu'elles référencent changent sans cesse",
+    "cannot apply the rows of {table} and {other}: they reference each other (foreign keys in both directions), so neither can be written first": "impossible d'appliquer les lignes de {table} et de {other} : elles se référencent l'une l'autre (des clés étrangères dans les deux sens), aucune ne peut être écrite la première",
+    "leave one of the tables out (erpsync node init DB --exclude {other} on every node), or drop one of the two foreign keys": "laissez l'une des tables de côté (erpsync node init BASE --exclude {other} sur chaque nœud), ou supprimez l'une des deux clés étrangères",
     "sync: {column} {old} was also created on another node; this row is renumbered {new}": "sync : {column} {old} a aussi été créé sur un autre nœud ; cette ligne est renumérotée {new}",
     "sync: {column} {old} was also created on another node; this row is renumbered {new} (manual policy: a conflict is queued)": "sync : {column} {old} a aussi été créé sur un autre nœud ; cette ligne est renumérotée {new} (politique manuelle : un conflit est en attente)",
     "there is no conflict {id} in {db}": "il n'y a pas de conflit {id} dans {db}",

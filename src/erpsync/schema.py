@@ -275,6 +275,8 @@ def _table_differences(inspector: Inspector, expected_table: Table, spec: str, n
 
 
 _FAMILIES: tuple[tuple[type[TypeEngine[Any]], Callable[[Any], str]], ...] = (
+    (sqltypes.Boolean, lambda t: "INTEGER"),  # MariaDB's BOOLEAN is a TINYINT
+    (sqltypes._Binary, lambda t: "BINARY"),  # BLOB, BYTEA, VARBINARY: bytes
     (sqltypes.Integer, lambda t: "INTEGER"),
     (sqltypes.Float, lambda t: "FLOAT"),
     (sqltypes.Numeric, lambda t: f"DECIMAL({t.precision},{t.scale})"),

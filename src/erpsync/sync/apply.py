@@ -175,6 +175,11 @@ def _advance(node: Node, conn: Connection, batch: Batch, source: int, result: Ap
     conn.execute(insert(batches).values(batch_id=batch.batch_id, peer=source, applied=now, result=summary))
 
 
+def _local(value: Any, new_keys: dict[str, Key]) -> Any:
+    """A reference to a row of the batch still held as its global id, as that row's local id."""
+    return new_keys[value][0] if isinstance(value, str) and value in new_keys else value
+
+
 def _check_concurrent(conn: Connection, table: SyncTable, touched: list[Key]) -> None:
     """Fail if another program logged a write to one of the rows just applied.
 
@@ -305,7 +310,7 @@ class _Apply(Inserts):
                 merges = [(r, mine) for r, mine in merges if self._key(mine) in present]
                 inserts += [(r, mine, False) for r, mine in gone]
         fresh = [r for r, mine, restamp in inserts if mine is None and not restamp]
-        if fresh and not any(c.ref == self.table.key for c in self.table.columns):
+        if fresh and not self.table.self_refs:
             done = self._fast_inserts(fresh, refs)
             inserts = [item for item in inserts if item[0].gid not in done]
             if self.receipt is not None:
@@ -323,14 +328,18 @@ class _Apply(Inserts):
         self.result.renumbered += len(collisions.renumbered)
         self.renumbered = collisions.renumbered
         by_gid = {i.gid: i for i in incoming}
-        self._write_updates(
-            [i for i in (by_gid.get(r.gid) for r, _ in merges) if i and (i.writes or i.restamped)]
+        # a row of a tree moved under a parent the batch inserts: its reference is set once it is
+        later = self.table.self_refs if inserts else []
+        deferred = self._write_updates(
+            [i for i in (by_gid.get(r.gid) for r, _ in merges) if i and (i.writes or i.restamped)], later
         )
         conflicts.close_superseded(self.rows, [i.gid for i in incoming if i.whole])
         if self.receipt is not None:
             for r, mine, _ in inserts:
                 self.receipt.absent(r.gid, int(mine["seq"]) if mine is not None else 0)
-        self._write_inserts([(r, mine, by_gid[r.gid]) for r, mine, _ in inserts], refs)
+        new_keys = self._write_inserts([(r, mine, by_gid[r.gid]) for r, mine, _ in inserts], refs)
+        resolved = [(key, {n: _local(v, new_keys) for n, v in values.items()}) for key, values in deferred]
+        self.rows.update_app(resolved)
         for item in collisions.renumbered:
             if item.queued:
                 conflicts.record(
@@ -538,11 +547,17 @@ class _Apply(Inserts):
 
     # -- writing -------------------------------------------------------------------------------
 
-    def _write_updates(self, rows: list[Incoming]) -> None:
-        changes = []
+    def _write_updates(self, rows: list[Incoming], later: list[int]) -> list[tuple[Key, dict[str, Any]]]:
+        """Write the rows merged; the columns ``later`` are returned instead, to be set after the
+        batch's new rows are in (they may reference one)."""
+        changes, deferred = [], []
+        names = [c.name for c in self.table.columns]
         for row in rows:
             assert row.key is not None
-            changes.append((row.key, {self.table.columns[i].name: row.values[i] for i in sorted(row.writes)}))
+            now, after = sorted(row.writes.difference(later)), row.writes.intersection(later)
+            changes.append((row.key, {names[i]: row.values[i] for i in now}))
+            if after:
+                deferred.append((row.key, {names[i]: row.values[i] for i in after}))
             meta = self.rows.clock_values(row.stamps)
             meta["vv"] = self.rows.versions_text(row.versions, row.stamps)
             meta["src"] = self.source if row.whole else None
@@ -557,6 +572,7 @@ class _Apply(Inserts):
             self._remember([(row.gid, row.key) for row in rows if row.writes and row.key], history.UPDATED)
         self.rows.update_app(changes)
         self.result.updated += sum(1 for row in rows if row.writes)
+        return deferred
 
     def _remember(self, rows: list[tuple[str, Key]], kind: str, seqs: dict[str, int] | None = None) -> None:
         """Keep the before-image of present rows about to be updated or deleted (for undo).
@@ -625,7 +641,12 @@ class _Apply(Inserts):
         if not to_delete:
             return
         keys = [self._key(mine) for _, mine in to_delete]
-        kept = self.rows.referenced(keys)
+        leaving, kept = set(keys), set()
+        while True:  # a row of a tree deleted with its children: they do not keep it
+            kept = self.rows.referenced(keys, leaving)
+            if not leaving & kept:
+                break
+            leaving -= kept
         removed: list[Key] = []
         gone_rows: list[tuple[str, Key]] = []
         for (r, mine), key in zip(to_delete, keys, strict=True):

@@ -10,6 +10,7 @@ date-times to the second, text as is, bytes in hex.
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, time
@@ -21,6 +22,8 @@ from sqlalchemy.types import TypeEngine
 
 NULL = "\x00"
 Encoder = Callable[[Any], str]
+_EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
+"""Decimals of any size spelled exactly: the default context rounds to 28 digits (or refuses)."""
 
 
 def encoder(column_type: TypeEngine[Any]) -> Encoder:
@@ -39,7 +42,7 @@ def encoder(column_type: TypeEngine[Any]) -> Encoder:
             if v is None:
                 return NULL
             d = v if isinstance(v, Decimal) else Decimal(str(v))
-            return str(d.quantize(quantum) if quantum is not None else d.normalize())
+            return str(d.quantize(quantum, context=_EXACT) if quantum is not None else d.normalize(_EXACT))
 
         return decimal_text
     if isinstance(column_type, sqltypes.DateTime):
@@ -77,7 +80,7 @@ def _any_text(v: Any) -> str:
     if isinstance(v, bytes | bytearray | memoryview):
         return bytes(v).hex()
     if isinstance(v, Decimal):
-        return str(v.normalize())
+        return str(v.normalize(_EXACT))
     return str(v)
 
 

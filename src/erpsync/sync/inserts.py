@@ -14,7 +14,7 @@ from erpsync.sync.changeset import RowChange
 from erpsync.sync.keys import Incoming, catch_up
 from erpsync.sync.model import SyncColumn, SyncTable
 from erpsync.sync.node import SELF, NodeState
-from erpsync.sync.rows import TableRows
+from erpsync.sync.rows import TableRows, tree_order
 
 
 class Inserts:
@@ -35,15 +35,17 @@ class Inserts:
         self,
         items: list[tuple[RowChange, Mapping[str, Any] | None, Incoming]],
         refs: dict[str, dict[str, Key]],
-    ) -> None:
+    ) -> dict[str, Key]:
+        """Insert new rows (and rows coming back); return their local keys by global id."""
         if not items:
-            return
+            return {}
         keys = self._allocate([r for r, _, _ in items], refs)
         app_rows = []
-        self_refs = [i for i, c in enumerate(self.table.columns) if c.ref == self.table.key]
+        self_refs = self.table.self_refs
+        translated = [i for i in self_refs if self.table.columns[i].ref]  # held as global ids so far
         gid_keys = {r.gid: k for (r, _, _), k in zip(items, keys, strict=True)}
         for (r, mine, incoming), key in zip(items, keys, strict=True):
-            for i in self_refs:
+            for i in translated:
                 value = incoming.values[i]
                 if isinstance(value, str) and value in gid_keys:
                     incoming.values[i] = gid_keys[value][0]
@@ -75,11 +77,14 @@ class Inserts:
         for item in self.renumbered:
             if item.key is None and item.gid in gid_keys:
                 item.key = gid_keys[item.gid]
-        ordered = _parents_first(app_rows, self_refs, self.table)
-        self.rows.insert_app(ordered)
+        if self_refs and len(self.table.keys) == 1:
+            names = [self.table.columns[i].name for i in self_refs]
+            app_rows = tree_order(app_rows, names, self.table.keys[0].name)
+        self.rows.insert_app(app_rows)
         if self.table.surrogate:
             self.rows.node.dialect.after_explicit_ids(self.rows.conn, self.table.app)
         self.result.inserted += len(items)
+        return gid_keys
 
     def _fast_inserts(self, rows: list[RowChange], refs: dict[str, dict[str, Key]]) -> set[str]:
         """Insert rows new to this node in bulk; return the global ids done.
@@ -207,30 +212,3 @@ class Inserts:
 def _loose(value: tuple[Any, ...]) -> tuple[Any, ...]:
     """A unique value as a case- and trailing-space-insensitive index would compare it."""
     return tuple(v.strip().lower() if isinstance(v, str) else v for v in value)
-
-
-def _parents_first(
-    rows: list[dict[str, Any]], self_refs: list[int], table: SyncTable
-) -> list[dict[str, Any]]:
-    """New rows ordered so that a row referencing another row of the batch comes after it."""
-    if not self_refs or len(table.keys) != 1:
-        return rows
-    key_name = table.keys[0].name
-    names = [table.columns[i].name for i in self_refs]
-    by_key = {row[key_name]: row for row in rows}
-    done: list[dict[str, Any]] = []
-    placed: set[Any] = set()
-
-    def place(row: dict[str, Any], depth: int = 0) -> None:
-        if row[key_name] in placed or depth > len(rows):
-            return
-        for name in names:
-            parent = by_key.get(row[name])
-            if parent is not None and parent is not row:
-                place(parent, depth + 1)
-        placed.add(row[key_name])
-        done.append(row)
-
-    for row in rows:
-        place(row)
-    return done

@@ -132,6 +132,13 @@ class SyncTable:
         return is_surrogate(self.settings.shape)
 
     @property
+    def self_refs(self) -> list[int]:
+        """Slots of the columns referencing a row of this same table (a tree), by local id or
+        by natural key: a batch writes a parent before the rows that point to it."""
+        refs = self.settings.shape.get("refs", {})
+        return [i for i, c in enumerate(self.columns) if refs.get(c.key) == self.key]
+
+    @property
     def key_refs(self) -> list[tuple[int, SyncTable]]:
         """(position, referenced table) of the key columns that hold another synced row's local id."""
         return [(i, self.parents[k.ref]) for i, k in enumerate(self.keys) if k.ref is not None]

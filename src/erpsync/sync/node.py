@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import Connection, MetaData, Table, delete, func, insert, inspect, select, text, update
 
@@ -36,7 +36,8 @@ from erpsync.sync.policies import LWW
 
 VERSION = 4
 """Version of erpsync's tables in a node: 2 added the sync history and undo receipts,
-3 the PostgreSQL capture functions without JIT, 4 the global ids of keys referencing other rows."""
+3 the PostgreSQL capture functions without JIT, 4 the global ids of keys referencing other rows
+and the type families of booleans and binary columns in the schema fingerprint."""
 SELF = 1
 """The number of this node in its own ``erpsync_peer`` table."""
 
@@ -110,7 +111,8 @@ class Node:
         """Bring a node made by an older erpsync up to date (see ``upgrade``)."""
         if self.version < VERSION:
             upgrade(self.db, self.version)
-            self.version = VERSION
+            with self.db.connect() as conn:  # what the upgrade stored (shapes, fingerprint)
+                self._load(conn)
 
     def _load(self, conn: Connection) -> None:
         if not inspect(conn).has_table(meta.NODE):
@@ -346,7 +348,28 @@ def upgrade(db: Database, version: int) -> None:
         if bumped.rowcount and version < 3:
             db.dialect.upgrade_capture(conn)
         if bumped.rowcount and version < 4:
-            _rederive_natural_gids(Node(db, conn), conn)
+            node = Node(db, conn)
+            _refresh_shapes(node, conn)
+            _rederive_natural_gids(node, conn)
+
+
+def _refresh_shapes(node: Node, conn: Connection) -> None:
+    """Store the shapes (and fingerprint) this version gives an unchanged schema: since version 4
+    booleans count as integers and every binary type as one, as the engines reflect them. A
+    schema changed since ``node init`` is left to it (sync refuses to run until then)."""
+    names = [name for _, name, _, _ in node.rows]
+    if catalog_digest(conn, node.dialect, names) != node.digest:
+        return
+    tables_t = node.meta[meta.TABLES]
+    synced = {name.lower(): name for name in names}
+    shapes = {}
+    for number, name, _, settings in node.rows:
+        shape = table_shape(conn, node.dialect, name, synced)[0]
+        shapes[name.lower()] = shape
+        if shape != settings.shape:
+            fresh = replace(settings, shape=shape).to_json()
+            conn.execute(update(tables_t).where(tables_t.c.no == number).values(settings=fresh))
+    conn.execute(update(node.meta[meta.NODE]).values(fingerprint=fingerprint(shapes)))
 
 
 def _rederive_natural_gids(node: Node, conn: Connection) -> None:

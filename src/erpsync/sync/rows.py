@@ -7,7 +7,7 @@ at once (``IN`` lists, ``executemany``), never one query per row.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -226,18 +226,21 @@ class TableRows:
             for r in self.select_in(sql, ["gid"], [(g,) for g in gids])
         }
 
-    def referenced(self, keys: Sequence[Key]) -> set[Key]:
-        """Which of ``keys`` are still referenced by a row of any table (synced or not)."""
+    def referenced(self, keys: Sequence[Key], leaving: Collection[Key] = ()) -> set[Key]:
+        """Which of ``keys`` are still referenced by a row of any table (synced or not), rows of
+        this table in ``leaving`` (deleted with them) not counted."""
         out: set[Key] = set()
         for child, columns, parent_columns in self.node_references(self.table.app.name):
             index = [[c.name for c in self.key_columns].index(p) for p in parent_columns]
             wanted = list({tuple(k[i] for i in index) for k in keys})
             child_columns = [child.c[c] for c in columns]
+            own = [child.c[c.name] for c in self.key_columns] if child.name == self.table.app.name else []
             for part in _chunks(wanted, IN_LIMIT):
                 found = self.conn.execute(
-                    select(*child_columns).distinct().where(key_in(child_columns, part))
+                    select(*child_columns, *own).distinct().where(key_in(child_columns, part))
                 )
-                hits = {tuple(r) for r in found}
+                width = len(child_columns)
+                hits = {tuple(r[:width]) for r in found if tuple(r[width:]) not in leaving or not own}
                 out.update(k for k in keys if tuple(k[i] for i in index) in hits)
         return out
 
@@ -282,10 +285,60 @@ class TableRows:
         self.update_rows(self.table.app, names, rows, processors=True)
 
     def delete_app(self, keys: Sequence[Key]) -> None:
-        """Delete application rows by key."""
+        """Delete application rows by key; rows of a tree go children first."""
         names = [self.quote(c.name) for c in self.key_columns]
         where = " AND ".join(f"{n} = {self.mark}" for n in names)
-        self.many(f"DELETE FROM {self.quote(self.table.app.name)} WHERE {where}", [tuple(k) for k in keys])
+        sql = f"DELETE FROM {self.quote(self.table.app.name)} WHERE {where}"
+        self.many(sql, [tuple(k) for k in self._untie(keys)])
+
+    def _untie(self, keys: Sequence[Key]) -> Sequence[Key]:
+        """Rows of a tree deleted together, ready to go: ordered children first, and a nullable
+        reference from one to another (a row pointing at itself) set to NULL, which MariaDB needs
+        even for a row referencing itself."""
+        slots = self.table.self_refs
+        if not keys or not slots or len(self.key_columns) != 1:
+            return keys
+        app, key = self.table.app, self.key_columns[0]
+        refs = [app.c[self.table.columns[i].name] for i in slots]
+        found = [
+            dict(r._mapping)
+            for part in _chunks(keys, IN_LIMIT)
+            for r in self.conn.execute(select(key, *refs).where(key_in([key], part)))
+        ]
+        leaving = {row[key.name] for row in found}
+        for ref in refs:
+            tied = [row for row in found if row[ref.name] in leaving]
+            if ref.nullable and tied:
+                self.update_app([((row[key.name],), {ref.name: None}) for row in tied])
+                for row in tied:
+                    row[ref.name] = None
+        ordered = tree_order(found, [c.name for c in refs], key.name)
+        return [(row[key.name],) for row in reversed(ordered)]
+
+
+def tree_order(rows: list[dict[str, Any]], refs: Sequence[str], key: str) -> list[dict[str, Any]]:
+    """Rows of one table ordered so that a row comes after the rows of the list it references
+    through the columns ``refs`` (a tree: parents first); a cycle is broken where it is met."""
+    by_key = {row[key]: row for row in rows}
+    done: list[dict[str, Any]] = []
+    placed: set[Any] = set()
+    for start in rows:
+        stack, visiting = [start], {start[key]}
+        while stack:  # depth first without recursion: a chain may be as long as the batch
+            row = stack[-1]
+            ahead = (by_key.get(row[name]) for name in refs)
+            parent = next(
+                (p for p in ahead if p is not None and p[key] not in placed and p[key] not in visiting), None
+            )
+            if parent is not None:
+                stack.append(parent)
+                visiting.add(parent[key])
+                continue
+            stack.pop()
+            if row[key] not in placed:
+                placed.add(row[key])
+                done.append(row)
+    return done
 
 
 def _params(

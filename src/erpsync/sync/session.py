@@ -392,12 +392,19 @@ def _next_ready(ready: queue.SimpleQueue[_Read]) -> _Read:
 
 
 def apply_with_references(
-    source: Peer, target: Peer, batch: Batch, policies: PolicyMap, *, restore: bool = False, depth: int = 0
+    source: Peer,
+    target: Peer,
+    batch: Batch,
+    policies: PolicyMap,
+    *,
+    restore: bool = False,
+    waiting: tuple[Batch, ...] = (),
 ) -> ApplyResult:
     """Apply ``batch``; first fetch and apply the referenced rows the target lacks.
 
     Rows the target has deleted come back (``restore``); rows gone on the source
-    too make the rows referencing them wait for their own deletion.
+    too make the rows referencing them wait for their own deletion. ``waiting``:
+    the batches waiting for this one (their rows cannot be what it needs).
     """
     skip: set[str] = set()
     for _ in range(RETRIES + MAX_DEPTH):
@@ -407,8 +414,9 @@ def apply_with_references(
             continue
         if not result.missing:
             return result
-        if depth >= MAX_DEPTH:
+        if len(waiting) >= MAX_DEPTH:
             break
+        _refuse_cycle(batch, result, waiting)
         for table, gids in result.missing.items():
             fetched = source.fetch(table, gids)
             present = [r for r in fetched.rows if r.alive]
@@ -417,12 +425,28 @@ def apply_with_references(
                 fetched.rows = present
                 fetched.stream = ALIVE
                 fetched.sync_id = batch.sync_id
-                apply_with_references(source, target, fetched, policies, restore=True, depth=depth + 1)
+                chain = (*waiting, batch)
+                apply_with_references(source, target, fetched, policies, restore=True, waiting=chain)
     raise ErpSyncError(
         "cannot apply changes of {table}: the rows they reference keep changing",
         "run the sync again",
         table=batch.table,
     )
+
+
+def _refuse_cycle(batch: Batch, result: ApplyResult, waiting: tuple[Batch, ...]) -> None:
+    """Stop when the rows a batch needs are rows waiting for it: foreign keys in a cycle."""
+    needed = {gid for gids in result.missing.values() for gid in gids}
+    for other in waiting:
+        if needed & {r.gid for r in other.rows}:
+            raise ErpSyncError(
+                "cannot apply the rows of {table} and {other}: they reference each other "
+                "(foreign keys in both directions), so neither can be written first",
+                "leave one of the tables out (erpsync node init DB --exclude {other} on every node), "
+                "or drop one of the two foreign keys",
+                table=batch.table,
+                other=other.table,
+            )
 
 
 __all__ = ["ALIVE", "GONE", "SyncSummary", "TableCounts", "policies_of", "sync"]
