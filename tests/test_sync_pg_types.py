@@ -1,8 +1,10 @@
-"""PostgreSQL's own column types: types without an equality.
+"""PostgreSQL's own column types: types without an equality, ``GENERATED ALWAYS`` identity columns.
 
 The capture triggers compare each column of an updated row: a type that has no ``=`` (json,
 point, xml) must not make the application's UPDATE fail, nor one whose ``=`` compares areas
-(box, circle) hide a change.
+(box, circle) hide a change. Sync inserts rows with their ids: an identity column
+``GENERATED ALWAYS`` must take them on every path, and the ids the application draws next
+must not collide with them.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ import pytest
 from sqlalchemy.exc import SAWarning
 
 from erpsync.db import Database, open_database
+from erpsync.sync import conflicts
 from erpsync.sync.node import Node, init_node
+from erpsync.sync.policies import PolicyOverride
 from erpsync.sync.session import sync
+from erpsync.sync.undo import undo_last
 from tests.conftest import fresh_database
 from tests.sync_support import execute, rows, same, value
 
@@ -140,3 +145,98 @@ def test_values_of_every_such_type_reach_the_other_server(tmp_path: Path) -> Non
         same(a, b)
         for column, type_, _, new in SHAPES:
             assert value(b, f"SELECT {column}::text = CAST({new} AS {type_})::text FROM doc"), column
+
+
+# -- GENERATED ALWAYS AS IDENTITY -----------------------------------------------------------------
+
+TREE = (
+    "CREATE TABLE t (id INTEGER {id} PRIMARY KEY, x VARCHAR(20) UNIQUE, parent_id INTEGER REFERENCES t (id))"
+)
+ALWAYS = "GENERATED ALWAYS AS IDENTITY"
+TREE_ROWS = "SELECT c.x, p.x FROM t c LEFT JOIN t p ON p.id = c.parent_id ORDER BY c.x"
+
+
+@contextmanager
+def identity_pair(tmp_path: Path) -> Iterator[tuple[Database, Database]]:
+    """A PostgreSQL node whose ids are ``GENERATED ALWAYS``, holding row 1 ``'server'``, and
+    a SQLite node, both with a self-referencing table (its new rows are inserted one by one)."""
+    with databases(tmp_path, "postgresql", "sqlite") as (pg, lite):
+        execute(pg, TREE.format(id=ALWAYS))
+        execute(lite, TREE.format(id=""))
+        init_node(pg, "serveur")
+        init_node(lite, "pc")
+        execute(pg, "INSERT INTO t (x) VALUES ('server')")
+        yield pg, lite
+
+
+def draws_a_free_id(pg: Database) -> None:
+    """The application's next row gets an id of its own, above every id the sync wrote."""
+    top = value(pg, "SELECT MAX(id) FROM t")
+    execute(pg, "INSERT INTO t (x) VALUES ('next')")
+    assert value(pg, "SELECT id FROM t WHERE x = 'next'") == top + 1
+
+
+def test_rows_of_a_self_referencing_table_are_inserted_with_their_ids(tmp_path: Path) -> None:
+    with identity_pair(tmp_path) as (pg, lite):
+        execute(lite, "INSERT INTO t (id, x) VALUES (1, 'root')", "INSERT INTO t VALUES (7, 'leaf', 1)")
+        sync(pg, lite)
+        same(pg, lite)
+        assert rows(pg, TREE_ROWS) == [("leaf", "root"), ("root", None), ("server", None)]
+        assert value(pg, "SELECT id FROM t WHERE x = 'leaf'") == 7  # free here: kept
+        draws_a_free_id(pg)
+
+
+def test_a_row_whose_business_key_is_held_is_inserted_with_its_id(tmp_path: Path) -> None:
+    with databases(tmp_path, "postgresql", "sqlite") as (pg, lite):
+        execute(pg, f"CREATE TABLE t (id INTEGER {ALWAYS} PRIMARY KEY, x VARCHAR(20) UNIQUE)")
+        execute(lite, "CREATE TABLE t (id INTEGER PRIMARY KEY, x VARCHAR(20) UNIQUE)")
+        init_node(pg, "serveur")
+        init_node(lite, "pc")
+        execute(pg, "INSERT INTO t (x) VALUES ('same')")
+        execute(lite, "INSERT INTO t VALUES (5, 'same')")
+        summary = sync(pg, lite)  # the server receives first: it holds the business key
+        assert summary.tables["t"].renumbered == 1
+        same(pg, lite)
+        assert rows(pg, "SELECT id, x FROM t ORDER BY id") == [(1, "same"), (5, "same-2")]
+        draws_a_free_id(pg)
+
+
+def test_an_undo_puts_rows_back_with_their_ids(tmp_path: Path) -> None:
+    with identity_pair(tmp_path) as (pg, lite):
+        execute(lite, "INSERT INTO t (id, x) VALUES (1, 'root')", "INSERT INTO t VALUES (7, 'leaf', 1)")
+        sync(pg, lite)
+        execute(lite, "DELETE FROM t WHERE x = 'leaf'")
+        sync(pg, lite)
+        assert value(pg, "SELECT COUNT(*) FROM t WHERE x = 'leaf'") == 0
+        report = undo_last(pg)
+        assert report is not None and report.reinserted == 1
+        assert value(pg, "SELECT id FROM t WHERE x = 'leaf'") == 7
+        draws_a_free_id(pg)
+
+
+def test_a_row_deleted_here_comes_back_with_the_peers_values(tmp_path: Path) -> None:
+    with identity_pair(tmp_path) as (pg, lite):
+        sync(pg, lite)
+        execute(pg, "DELETE FROM t WHERE x = 'server'")
+        execute(lite, "UPDATE t SET x = 'edited' WHERE x = 'server'")
+        manual = [PolicyOverride.parse("manual")]
+        assert sync(pg, lite, pull=True, push=False, policies=manual).conflicts == 1
+        (queued,) = conflicts.list_conflicts(pg)
+        conflicts.resolve(pg, queued.id, "remote")
+        assert rows(pg, "SELECT x FROM t") == [("edited",)]
+        draws_a_free_id(pg)
+
+
+def test_the_rows_of_an_identity_column_travel_back_to_sqlite(tmp_path: Path) -> None:
+    with identity_pair(tmp_path) as (pg, lite):
+        execute(lite, "INSERT INTO t (id, x) VALUES (1, 'root')", "INSERT INTO t VALUES (2, 'leaf', 1)")
+        sync(pg, lite)
+        execute(pg, "INSERT INTO t (x, parent_id) SELECT 'child', id FROM t WHERE x = 'leaf'")
+        sync(lite, pg)
+        same(pg, lite)
+        assert rows(lite, TREE_ROWS) == [
+            ("child", "leaf"),
+            ("leaf", "root"),
+            ("root", None),
+            ("server", None),
+        ]

@@ -54,6 +54,12 @@ class PostgreSQL(Dialect):
             cursor.close()
         return count
 
+    def insert_sql(self, target: str, count: int) -> str:
+        """``OVERRIDING SYSTEM VALUE``: a ``GENERATED ALWAYS`` identity column refuses the ids
+        sync gives otherwise (COPY takes them as they are); harmless on any other table."""
+        marks = ", ".join([self.paramstyle_mark] * count)
+        return f"INSERT INTO {target} OVERRIDING SYSTEM VALUE VALUES ({marks})"
+
     join_update_rows = 20
     temporary_schema = "pg_temp"
 
