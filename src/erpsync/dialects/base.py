@@ -74,11 +74,15 @@ class Dialect:
         batch = list(rows)
         if not batch:
             return 0
-        marks = ", ".join([self.paramstyle_mark] * len(columns))
-        execute_many(conn, f"INSERT INTO {column_list(conn, table, columns)} VALUES ({marks})", batch)
+        execute_many(conn, self.insert_sql(column_list(conn, table, columns), len(columns)), batch)
         return len(batch)
 
     paramstyle_mark: ClassVar[str] = "%s"
+
+    def insert_sql(self, target: str, count: int) -> str:
+        """An INSERT of one row of ``count`` bound values into ``target`` (``table (col, …)``,
+        quoted), the values given taking the place of those the engine would generate."""
+        return f"INSERT INTO {target} VALUES ({', '.join([self.paramstyle_mark] * count)})"
 
     join_update_rows: ClassVar[int | None] = None
     """From how many rows ``bulk_update`` tries ``joined_update`` (``None``: never)."""

@@ -19,6 +19,9 @@ from erpsync.errors import (
     ErpSyncError,
 )
 
+UNDEFINED_FUNCTION = "42883"
+"""SQLSTATE of a missing operator, or of a type without equality (``GROUP BY`` on json)."""
+
 
 class PostgreSQL(Dialect):
     """PostgreSQL 12+; unquoted names, so the spec's SQL works in psql as written."""
@@ -50,6 +53,12 @@ class PostgreSQL(Dialect):
         finally:
             cursor.close()
         return count
+
+    def insert_sql(self, target: str, count: int) -> str:
+        """``OVERRIDING SYSTEM VALUE``: a ``GENERATED ALWAYS`` identity column refuses the ids
+        sync gives otherwise (COPY takes them as they are); harmless on any other table."""
+        marks = ", ".join([self.paramstyle_mark] * count)
+        return f"INSERT INTO {target} OVERRIDING SYSTEM VALUE VALUES ({marks})"
 
     join_update_rows = 20
     temporary_schema = "pg_temp"
@@ -200,14 +209,20 @@ class PostgreSQL(Dialect):
         transaction-local setting ``erpsync.mute`` is on. They run without JIT: a
         session caches their plan with the size of its first statement, and a plan
         made for a bulk UPDATE would JIT-compile every later one-row write (12 ms).
+        A column whose type has no equality (json) is compared as text (``_comparable``).
         """
         q = conn.dialect.identifier_preparer.quote
         wall = "(extract(epoch from statement_timestamp()) * 1000)::bigint"
         key_columns = ", ".join(f"k{i}" for i in range(len(keys)))
         insert = f"INSERT INTO erpsync_l{number} (m, w, {key_columns})"
+        comparable = _comparable(conn, table, [c for c, _ in columns])
+
+        def changed(column: str) -> str:
+            as_text = "" if column in comparable else "::text"
+            return f"o.{q(column)}{as_text} IS DISTINCT FROM n.{q(column)}{as_text}"
+
         mask = " | ".join(
-            f"((o.{q(c)} IS DISTINCT FROM n.{q(c)})::int::bigint << {min(i, 62)})"
-            for i, (c, _) in enumerate(columns)
+            f"(({changed(c)})::int::bigint << {min(i, 62)})" for i, (c, _) in enumerate(columns)
         )
         first = q(keys[0])
         on_key = " AND ".join(f"o.{q(k)} = n.{q(k)}" for k in keys)
@@ -279,6 +294,37 @@ class PostgreSQL(Dialect):
             "WHERE n.nspname = current_schema() AND p.prokind = 'p'"
         )
         return {str(name).lower() for name in rows.scalars()}
+
+
+def _comparable(conn: Connection, table: str, columns: Sequence[str]) -> set[str]:
+    """The ``columns`` of ``table`` whose type has an equality, for the triggers to compare.
+
+    Others are compared as text: json, xml, point, polygon have no ``=`` (comparing them
+    would fail every UPDATE of the table), box, circle, path one by area or size (it would
+    miss changes), and the ``=`` of arrays of those fails only when it runs. PostgreSQL
+    says which: ``GROUP BY`` needs the equality of the type's default operator class,
+    arrays and composite types included. Probed on no rows, each try in a savepoint: all
+    the columns at once, then, if that fails, one by one.
+    """
+    q = conn.dialect.identifier_preparer.quote
+
+    def compares(names: Sequence[str]) -> bool:
+        tried = ", ".join(f"t.{q(c)} IS DISTINCT FROM t.{q(c)}" for c in names)
+        grouped = ", ".join(f"t.{q(c)}" for c in names)
+        savepoint = conn.begin_nested()
+        try:
+            conn.exec_driver_sql(f"SELECT {tried} FROM {q(table)} t WHERE false GROUP BY {grouped}")
+        except DBAPIError as exc:
+            savepoint.rollback()
+            if getattr(exc.orig, "sqlstate", None) != UNDEFINED_FUNCTION:
+                raise
+            return False
+        savepoint.commit()
+        return True
+
+    if not columns or compares(columns):
+        return set(columns)
+    return {c for c in columns if compares([c])}
 
 
 def _server_reason(text: str) -> str:

@@ -83,11 +83,8 @@ class TableRows:
         for group in same_keys(rows):
             names = list(group[0])
             convert = [self.processors.get(n) if processors else None for n in names]
-            sql = (
-                f"INSERT INTO {self.quote(table)} ({', '.join(self.quote(n) for n in names)}) "
-                f"VALUES ({', '.join([self.mark] * len(names))})"
-            )
-            self.many(sql, _params(group, names, convert))
+            target = f"{self.quote(table)} ({', '.join(self.quote(n) for n in names)})"
+            self.many(self.node.dialect.insert_sql(target, len(names)), _params(group, names, convert))
 
     def update_rows(
         self, table: Table, where: Sequence[str], rows: list[dict[str, Any]], processors: bool = False
