@@ -231,14 +231,7 @@ def _floor_rows(source: Database) -> tuple[Rows, list[tuple[Any, ...]]]:
     tables = erp_tables(source.dialect)
     out: Rows = {}
     with source.connect() as conn:
-        for name in (
-            "tb_Utilisateur",
-            "tb_Projet",
-            "tb_Version",
-            "tb_Client",
-            "tb_Commande",
-            "tb_LigneCommande",
-        ):
+        for name in SYNCED:
             result = conn.execute(tables[name].select())
             out[name] = (list(result.keys()), [tuple(r) for r in result])
         updates = [

@@ -19,14 +19,16 @@ from tests.conftest import fresh_database
 
 
 @contextmanager
-def databases(tmp_path: Path, *engines: str) -> Iterator[list[Database]]:
-    """Fresh databases holding the empty ERP schema, one per engine given (not nodes yet)."""
+def databases(tmp_path: Path, *engines: str, erp: bool = True) -> Iterator[list[Database]]:
+    """Fresh databases, one per engine given (not nodes yet), holding the empty ERP schema
+    unless ``erp`` is false."""
     with ExitStack() as stack:
         dbs = []
         for engine in engines:
             url = stack.enter_context(fresh_database(engine, tmp_path))
             db = stack.enter_context(open_database(url, create=True))
-            init_schema(db)
+            if erp:
+                init_schema(db)
             dbs.append(db)
         yield dbs
 

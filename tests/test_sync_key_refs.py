@@ -7,7 +7,7 @@ ids collide: the key must follow the rows it references, never the numbers.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import text
@@ -20,7 +20,7 @@ from erpsync.sync.session import sync
 from erpsync.transport.folder import exchange
 from erpsync.transport.server import running
 from tests.conftest import ENGINES, fresh_database
-from tests.sync_support import execute, rows, same, value
+from tests.sync_support import databases, execute, rows, same, value
 
 SCHEMA = (
     "CREATE TABLE t_item (id INTEGER NOT NULL PRIMARY KEY, name VARCHAR(50) NOT NULL)",
@@ -47,11 +47,8 @@ def three(tmp_path: Path) -> Iterator[list[Database]]:
     The first node's rows exist before it becomes a node (registered), the others' are
     written after (captured).
     """
-    with ExitStack() as stack:
-        dbs = []
-        for n, engine in enumerate(ENGINES):
-            url = stack.enter_context(fresh_database(engine, tmp_path))
-            db = stack.enter_context(open_database(url, create=True))
+    with databases(tmp_path, *ENGINES, erp=False) as dbs:
+        for n, (db, engine) in enumerate(zip(dbs, ENGINES, strict=True)):
             execute(db, *SCHEMA)
             own = (
                 f"INSERT INTO t_item VALUES (1, 'item-{engine}')",
@@ -64,7 +61,6 @@ def three(tmp_path: Path) -> Iterator[list[Database]]:
             init_node(db, engine)
             if n > 0:
                 execute(db, *own)
-            dbs.append(db)
         yield dbs
 
 

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import SAWarning
 
-from erpsync.db import Database, open_database
+from erpsync.db import Database
 from erpsync.sync import conflicts
 from erpsync.sync.node import Node, init_node
 from erpsync.sync.policies import PolicyOverride
 from erpsync.sync.session import sync
 from erpsync.sync.undo import undo_last
-from tests.conftest import fresh_database
-from tests.sync_support import execute, rows, same, value
+from tests.sync_support import databases, execute, rows, same, value
 
 # Every type that has no equality of its own, or none that tells two values apart, and
 # control columns whose types have one (compared directly, as before).
@@ -61,17 +60,6 @@ def _unknown_types() -> Iterator[None]:
         yield
 
 
-@contextmanager
-def databases(tmp_path: Path, *engines: str) -> Iterator[list[Database]]:
-    """Fresh empty databases, one per engine given."""
-    with ExitStack() as stack:
-        dbs = []
-        for engine in engines:
-            url = stack.enter_context(fresh_database(engine, tmp_path))
-            dbs.append(stack.enter_context(open_database(url, create=True)))
-        yield dbs
-
-
 def logged_masks(db: Database, table: str) -> list[int]:
     """The column masks the capture logged for ``table`` since the last fold, in order."""
     log = Node(db).table(table).log.name
@@ -85,7 +73,7 @@ def bit(db: Database, table: str, column: str) -> int:
 
 
 def test_updates_of_columns_without_equality_work_and_are_captured(tmp_path: Path) -> None:
-    with databases(tmp_path, "postgresql") as (pg,):
+    with databases(tmp_path, "postgresql", erp=False) as (pg,):
         execute(pg, *DOC)
         init_node(pg, "serveur")
         init_node(pg, None)  # again: the same triggers
@@ -98,7 +86,7 @@ def test_updates_of_columns_without_equality_work_and_are_captured(tmp_path: Pat
 
 def test_a_box_moved_without_changing_its_area_is_captured(tmp_path: Path) -> None:
     measured = [shape for shape in SHAPES if shape[0] in ("area", "ring", "route")]  # they have an =
-    with databases(tmp_path, "postgresql") as (pg,):
+    with databases(tmp_path, "postgresql", erp=False) as (pg,):
         execute(
             pg,
             f"CREATE TABLE fig (id INTEGER PRIMARY KEY, {', '.join(f'{c} {t}' for c, t, _, _ in measured)})",
@@ -111,7 +99,7 @@ def test_a_box_moved_without_changing_its_area_is_captured(tmp_path: Path) -> No
 
 def test_a_table_of_json_syncs_with_sqlite_both_ways(tmp_path: Path) -> None:
     query = "SELECT id, title, body FROM doc ORDER BY id"
-    with databases(tmp_path, "postgresql", "sqlite") as (pg, lite):
+    with databases(tmp_path, "postgresql", "sqlite", erp=False) as (pg, lite):
         execute(pg, "CREATE TABLE doc (id INTEGER PRIMARY KEY, title VARCHAR(20), body JSON)")
         execute(lite, "CREATE TABLE doc (id INTEGER PRIMARY KEY, title VARCHAR(20), body JSON)")
         init_node(pg, "serveur")
@@ -132,7 +120,7 @@ def test_a_table_of_json_syncs_with_sqlite_both_ways(tmp_path: Path) -> None:
 
 
 def test_values_of_every_such_type_reach_the_other_server(tmp_path: Path) -> None:
-    with databases(tmp_path, "postgresql", "postgresql") as (a, b):
+    with databases(tmp_path, "postgresql", "postgresql", erp=False) as (a, b):
         for db in (a, b):
             execute(db, DOC[0])
         execute(a, DOC[1])
@@ -160,7 +148,7 @@ TREE_ROWS = "SELECT c.x, p.x FROM t c LEFT JOIN t p ON p.id = c.parent_id ORDER 
 def identity_pair(tmp_path: Path) -> Iterator[tuple[Database, Database]]:
     """A PostgreSQL node whose ids are ``GENERATED ALWAYS``, holding row 1 ``'server'``, and
     a SQLite node, both with a self-referencing table (its new rows are inserted one by one)."""
-    with databases(tmp_path, "postgresql", "sqlite") as (pg, lite):
+    with databases(tmp_path, "postgresql", "sqlite", erp=False) as (pg, lite):
         execute(pg, TREE.format(id=ALWAYS))
         execute(lite, TREE.format(id=""))
         init_node(pg, "serveur")
@@ -187,7 +175,7 @@ def test_rows_of_a_self_referencing_table_are_inserted_with_their_ids(tmp_path: 
 
 
 def test_a_row_whose_business_key_is_held_is_inserted_with_its_id(tmp_path: Path) -> None:
-    with databases(tmp_path, "postgresql", "sqlite") as (pg, lite):
+    with databases(tmp_path, "postgresql", "sqlite", erp=False) as (pg, lite):
         execute(pg, f"CREATE TABLE t (id INTEGER {ALWAYS} PRIMARY KEY, x VARCHAR(20) UNIQUE)")
         execute(lite, "CREATE TABLE t (id INTEGER PRIMARY KEY, x VARCHAR(20) UNIQUE)")
         init_node(pg, "serveur")

@@ -14,7 +14,7 @@ from erpsync.errors import ErpSyncError
 from erpsync.sync.node import init_node
 from erpsync.sync.session import sync
 from tests.conftest import ENGINES, fresh_database
-from tests.sync_support import execute, pairs, rows, same
+from tests.sync_support import databases, execute, pairs, rows, same
 
 PAIRS = [p for p in pairs(ENGINES) if p[0] != p[1]]
 NODES = (
@@ -31,12 +31,7 @@ TREE = "SELECT c.name, p.name FROM t_node c LEFT JOIN t_node p ON p.id = c.paren
 @contextmanager
 def two(tmp_path: Path, engines: tuple[str, str], schema: str) -> Iterator[tuple[Database, Database]]:
     """Two fresh nodes on ``engines`` holding ``schema``, no rows."""
-    with (
-        fresh_database(engines[0], tmp_path) as a_url,
-        fresh_database(engines[1], tmp_path) as b_url,
-        open_database(a_url, create=True) as a,
-        open_database(b_url, create=True) as b,
-    ):
+    with databases(tmp_path, *engines, erp=False) as (a, b):
         for n, db in enumerate((a, b)):
             execute(db, schema)
             init_node(db, f"n{n}")
