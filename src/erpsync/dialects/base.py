@@ -253,6 +253,13 @@ class Dialect:
         """
         return Table(name, md, autoload_with=conn, listeners=[("column_reflect", floats_as_floats)])
 
+    def match_collations(self, conn: Connection, table: Table) -> None:
+        """Give ``table``, one of erpsync's tables already in the database, the text collations
+        its definition names where the database's differ (made by an older erpsync).
+
+        Nothing by default: only MariaDB gave erpsync's tables a collation of their own.
+        """
+
     def gid_type(self) -> sa.types.TypeEngine[str]:
         """The column type of global row ids: 32 ASCII characters compared byte for byte."""
         return sa.String(32)
