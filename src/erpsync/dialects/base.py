@@ -11,6 +11,7 @@ from sqlalchemy import (
     Column,
     Connection,
     Engine,
+    MetaData,
     Select,
     String,
     Subquery,
@@ -22,7 +23,9 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import URL
+from sqlalchemy.engine.interfaces import ReflectedColumn
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import sqltypes
 from sqlalchemy.sql.elements import ColumnElement
 
 from erpsync.errors import DatabaseError, ErpSyncError
@@ -246,6 +249,21 @@ class Dialect:
 
     # -- sync: change capture and row identity (issue 5) ----------------------------------
 
+    def reflect_table(self, conn: Connection, md: MetaData, name: str) -> Table:
+        """Synced table ``name``, reflected with the column types sync reads and writes it with.
+
+        Its key's types are also those of the key columns of ``erpsync_r<n>`` and
+        ``erpsync_l<n>``, which are compared with it.
+        """
+        return Table(name, md, autoload_with=conn, listeners=[("column_reflect", floats_as_floats)])
+
+    def match_collations(self, conn: Connection, table: Table) -> None:
+        """Give ``table``, one of erpsync's tables already in the database, the text collations
+        its definition names where the database's differ (made by an older erpsync).
+
+        Nothing by default: only MariaDB gave erpsync's tables a collation of their own.
+        """
+
     def gid_type(self) -> sa.types.TypeEngine[str]:
         """The column type of global row ids: 32 ASCII characters compared byte for byte."""
         return sa.String(32)
@@ -331,6 +349,17 @@ class Dialect:
 
     def check_procedures_supported(self, conn: Connection) -> None:
         """Refuse, before anything is written, a server that cannot run erpsync's procedures."""
+
+
+def floats_as_floats(inspector: Any, table: Table, column: ReflectedColumn) -> None:
+    """A ``column_reflect`` listener: a floating-point column reads as the float it holds.
+
+    MariaDB's reflected ``DOUBLE`` reads a Decimal rounded to 10 places (1e-12 becomes 0),
+    which sync would send and verify would compare.
+    """
+    type_ = column["type"]
+    if isinstance(type_, sqltypes.Float) and type_.asdecimal:
+        column["type"] = type_.adapt(type(type_), asdecimal=False)
 
 
 def execute_many(conn: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:

@@ -6,14 +6,24 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import Connection, Select, String, Subquery, Table, cast, func, select
+from sqlalchemy import Connection, MetaData, Select, String, Subquery, Table, cast, func, select
 from sqlalchemy.dialects import mysql as mysql_types
 from sqlalchemy.dialects.mysql import CHAR
+from sqlalchemy.dialects.mysql.types import _StringType
 from sqlalchemy.engine import URL
+from sqlalchemy.engine.interfaces import ReflectedColumn
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 
-from erpsync.dialects.base import UPDATE_TABLE, Dialect, column_list, driver_errors, first_line, single_pk
+from erpsync.dialects.base import (
+    UPDATE_TABLE,
+    Dialect,
+    column_list,
+    driver_errors,
+    first_line,
+    floats_as_floats,
+    single_pk,
+)
 from erpsync.errors import (
     AuthenticationFailed,
     ConnectionFailed,
@@ -162,6 +172,41 @@ class MariaDB(Dialect):
 
     # -- sync: change capture (issue 5) -----------------------------------------------------
 
+    def reflect_table(self, conn: Connection, md: MetaData, name: str) -> Table:
+        """With each text column's charset and collation, from the catalog.
+
+        ``SHOW CREATE TABLE`` names them only where they differ from the table's
+        defaults; a key column made from the type would take those of erpsync's
+        tables, and joined to the application's key it would fail (an illegal mix
+        of collations) or compare otherwise than the key does.
+        """
+        collations = _collations(conn, name)
+
+        def collated(inspector: Any, table: Table, column: ReflectedColumn) -> None:
+            type_ = column["type"]
+            if isinstance(type_, _StringType) and column["name"] in collations:
+                charset, collation = collations[column["name"]]
+                column["type"] = type_.adapt(type(type_), charset=charset, collation=collation)
+
+        listeners = [("column_reflect", floats_as_floats), ("column_reflect", collated)]
+        return Table(name, md, autoload_with=conn, listeners=listeners)
+
+    def match_collations(self, conn: Connection, table: Table) -> None:
+        """An older erpsync gave the key columns the collation of erpsync's tables (utf8mb4_unicode_ci)
+        whatever the application key's: the columns that differ are altered in one statement."""
+        q = conn.dialect.identifier_preparer.quote
+        stored = _collations(conn, table.name)
+        changes = [
+            f"MODIFY {q(c.name)} {c.type.compile(conn.dialect)} {'NULL' if c.nullable else 'NOT NULL'}"
+            for c in table.columns
+            if isinstance(c.type, _StringType)
+            and c.type.collation is not None
+            and c.name in stored
+            and stored[c.name][1] != c.type.collation
+        ]
+        if changes:
+            conn.exec_driver_sql(f"ALTER TABLE {q(table.name)} {', '.join(changes)}")
+
     def gid_type(self) -> sa.types.TypeEngine[str]:
         return mysql_types.VARCHAR(32, charset="ascii", collation="ascii_bin")
 
@@ -277,6 +322,16 @@ def split_script(script: str) -> list[str]:
     if "".join(current).strip():
         statements.append("\n".join(current).strip())
     return statements
+
+
+def _collations(conn: Connection, table: str) -> dict[str, tuple[str, str]]:
+    """Column → (charset, collation) of the text columns of ``table``, from the catalog."""
+    found = conn.exec_driver_sql(
+        "SELECT COLUMN_NAME, CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
+        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND COLLATION_NAME IS NOT NULL",
+        (table,),
+    )
+    return {str(column): (str(charset), str(collation)) for column, charset, collation in found}
 
 
 def _literals(raw: Any, column: Sequence[Any]) -> list[str]:

@@ -228,7 +228,7 @@ def load_table(
     Only references to ``surrogates`` (tables with local ids, see ``local_keys``) are
     translated through global ids; any other natural key means the same row on every node.
     """
-    app = Table(name, md, autoload_with=conn)
+    app = dialect.reflect_table(conn, md, name)
     by_key = {c.name.lower(): c for c in app.columns}
     refs = {
         column: parent

@@ -450,9 +450,13 @@ def _install_table(conn: Connection, db: Database, number: int, name: str, setti
                 conn.exec_driver_sql(
                     f"ALTER TABLE {db.quote(table.shadow.name)} ADD {db.quote(column.name)} {type_}"
                 )
+        db.dialect.match_collations(conn, table.shadow)
     else:
         table.shadow.create(conn)
-    table.log.create(conn, checkfirst=True)
+    if table.log.name in existing:
+        db.dialect.match_collations(conn, table.log)
+    else:
+        table.log.create(conn)
     db.dialect.install_capture(
         conn,
         number,
