@@ -25,7 +25,7 @@ import contextlib
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
@@ -110,12 +110,17 @@ def apply_batch(
     *,
     restore: bool = False,
     skip: frozenset[str] = frozenset(),
+    loose: frozenset[str] = frozenset(),
 ) -> ApplyResult:
     """Apply ``batch`` to ``node`` in one transaction and move the sender's cursor.
 
     ``restore`` forces rows back to life with a new clock: used for rows fetched
     because something references them. Rows referencing a global id in ``skip``
     (gone on the sender as well) are left out: their own deletion follows.
+    ``loose``: rows waiting for this batch to be in (foreign keys in a cycle): a
+    new row referencing one is written with that reference empty, and a clock
+    older than any, so applying its state again sets it; a row present here
+    referencing one is left as it is.
     """
     result = ApplyResult(batch.table, batch.stream)
     try:
@@ -130,7 +135,7 @@ def apply_batch(
             receipt = history.Receipt(state.seq) if batch.sync_id else None
             node.dialect.mute_capture(conn, table.number)
             try:
-                work = _Apply(rows, batch, policies, source, result, restore, skip, receipt)
+                work = _Apply(rows, batch, policies, source, result, restore, skip, receipt, loose)
                 touched = work.run()
             except BaseException:
                 # MariaDB's mute is the session's; on PostgreSQL the failed transaction refuses
@@ -212,8 +217,10 @@ class _Apply(Inserts):
         restore: bool,
         skip: frozenset[str],
         receipt: history.Receipt | None = None,
+        loose: frozenset[str] = frozenset(),
     ) -> None:
         self.rows = rows
+        self.loose = loose
         self.receipt = receipt
         self.local: dict[str, Mapping[str, Any]] = {}
         """The rows' metadata before the batch, by global id."""
@@ -289,6 +296,8 @@ class _Apply(Inserts):
         if dropped:
             rows = [r for r in rows if r.gid not in dropped]
             self.result.skipped += len(dropped)
+        if self.loose:
+            rows = self._loosen(rows, local)
         inserts: list[tuple[RowChange, Mapping[str, Any] | None, bool]] = []
         merges: list[tuple[RowChange, Mapping[str, Any]]] = []
         for r in rows:
@@ -357,6 +366,24 @@ class _Apply(Inserts):
                 )
                 self.result.conflicts += 1
 
+    def _loosen(self, rows: list[RowChange], local: dict[str, Mapping[str, Any]]) -> list[RowChange]:
+        """``rows`` without their references to ``loose`` rows (see ``apply_batch``)."""
+        out = []
+        unwritten = Stamp(0, self.rows.node.node_id)
+        for r in rows:
+            assert r.values is not None and r.clocks is not None
+            slots = [i for i, _ in self.ref_slots if r.values[i] in self.loose]
+            if not slots:
+                out.append(r)
+            elif r.gid in local and not local[r.gid]["deleted"]:
+                self.result.unchanged += 1
+            else:
+                values, clocks = list(r.values), list(r.clocks)
+                for i in slots:
+                    values[i], clocks[i] = None, unwritten
+                out.append(replace(r, values=tuple(values), clocks=tuple(clocks)))
+        return out
+
     def _present(self, keys: list[Key]) -> set[Key]:
         """Which of ``keys`` the table holds, read with their before-images for ``_remember``
         (the batch has written nothing yet)."""
@@ -391,7 +418,7 @@ class _Apply(Inserts):
                 key = known.get(gid)
                 if key is not None:
                     table_refs[gid] = key
-                elif not (parent is self.table and gid in in_batch):
+                elif not (parent is self.table and gid in in_batch) and gid not in self.loose:
                     missing.setdefault(parent.key, set()).add(gid)
         if missing:
             self.result.missing = {t: sorted(g) for t, g in missing.items()}

@@ -194,17 +194,22 @@ class Node:
         conn.execute(update(self.meta[meta.NODE]).values(hlc=state.hlc, seq=state.seq, gids=state.gids))
 
     def peer_number(self, conn: Connection, node_id: str, name: str | None = None) -> int:
-        """The local number of node ``node_id`` in clocks, registering it the first time."""
+        """The local number of node ``node_id`` in clocks, registering it the first time.
+
+        A number registered is remembered from the next call on: the transaction that
+        registers it may still be rolled back (a batch waiting for rows it references).
+        """
         if node_id in self._peers:
             return self._peers[node_id]
         peers = self.meta[meta.PEERS]
         found = conn.execute(select(peers.c.no).where(peers.c.node_id == node_id)).scalar()
-        if found is None:
-            last = conn.execute(select(peers.c.no).order_by(peers.c.no.desc()).limit(1)).scalar()
-            found = int(last or 0) + 1
-            conn.execute(insert(peers).values(no=found, node_id=node_id, name=name))
-        self._peers[node_id] = int(found)
-        return int(found)
+        if found is not None:
+            self._peers[node_id] = int(found)
+            return int(found)
+        last = conn.execute(select(peers.c.no).order_by(peers.c.no.desc()).limit(1)).scalar()
+        number = int(last or 0) + 1
+        conn.execute(insert(peers).values(no=number, node_id=node_id, name=name))
+        return number
 
     def peer_ids(self, conn: Connection) -> dict[int, str]:
         """Every known node id by local number."""

@@ -79,7 +79,13 @@ class Peer(Protocol):
         """Move this node's cursors for ``node_id``'s ``streams`` to ``upto`` (nothing to send there)."""
 
     def apply(
-        self, batch: Batch, policies: PolicyMap, *, restore: bool = False, skip: frozenset[str] = frozenset()
+        self,
+        batch: Batch,
+        policies: PolicyMap,
+        *,
+        restore: bool = False,
+        skip: frozenset[str] = frozenset(),
+        loose: frozenset[str] = frozenset(),
     ) -> ApplyResult:
         """Apply ``batch`` (see ``apply.apply_batch``)."""
 
@@ -170,9 +176,15 @@ class LocalPeer:
                     conn.execute(cursors.insert().values(**values))
 
     def apply(
-        self, batch: Batch, policies: PolicyMap, *, restore: bool = False, skip: frozenset[str] = frozenset()
+        self,
+        batch: Batch,
+        policies: PolicyMap,
+        *,
+        restore: bool = False,
+        skip: frozenset[str] = frozenset(),
+        loose: frozenset[str] = frozenset(),
     ) -> ApplyResult:
-        return apply_batch(self.node, batch, policies, restore=restore, skip=skip)
+        return apply_batch(self.node, batch, policies, restore=restore, skip=skip, loose=loose)
 
     def met(self, node_id: str, name: str, url: str | None) -> None:
         peers = self.node.meta[PEERS]

@@ -399,24 +399,46 @@ def apply_with_references(
     *,
     restore: bool = False,
     waiting: tuple[Batch, ...] = (),
+    loosened: list[Batch] | None = None,
 ) -> ApplyResult:
     """Apply ``batch``; first fetch and apply the referenced rows the target lacks.
 
     Rows the target has deleted come back (``restore``); rows gone on the source
     too make the rows referencing them wait for their own deletion. ``waiting``:
-    the batches waiting for this one (their rows cannot be what it needs).
+    the batches waiting for this one. When the rows it needs are rows waiting
+    for it (foreign keys in a cycle: a department and its manager), it goes in
+    without those references (``apply_batch``'s ``loose``) and is applied again
+    once the batch that waited is in (``loosened``: those batches so far).
     """
+    top = loosened is None
+    loosened = [] if loosened is None else loosened
     skip: set[str] = set()
+    loose: set[str] = set()
     for _ in range(RETRIES + MAX_DEPTH):
         try:
-            result = target.apply(batch, policies, restore=restore, skip=frozenset(skip))
+            result = target.apply(
+                batch, policies, restore=restore, skip=frozenset(skip), loose=frozenset(loose)
+            )
         except ConcurrentWrite:
             continue
+        except ErpSyncError as exc:
+            if loose:  # a reference of the cycle that may not be left empty (NOT NULL)
+                raise _cycle(batch, waiting, loose) from exc
+            raise
         if not result.missing:
+            if loose:
+                loosened.append(batch)
+            if top:
+                for pending in loosened:
+                    apply_with_references(source, target, pending, policies, restore=True)
             return result
         if len(waiting) >= MAX_DEPTH:
             break
-        _refuse_cycle(batch, result, waiting)
+        needed = {gid for gids in result.missing.values() for gid in gids}
+        waited = needed & {r.gid for other in waiting for r in other.rows}
+        if waited:
+            loose |= waited
+            continue
         for table, gids in result.missing.items():
             fetched = source.fetch(table, gids)
             present = [r for r in fetched.rows if r.alive]
@@ -426,7 +448,9 @@ def apply_with_references(
                 fetched.stream = ALIVE
                 fetched.sync_id = batch.sync_id
                 chain = (*waiting, batch)
-                apply_with_references(source, target, fetched, policies, restore=True, waiting=chain)
+                apply_with_references(
+                    source, target, fetched, policies, restore=True, waiting=chain, loosened=loosened
+                )
     raise ErpSyncError(
         "cannot apply changes of {table}: the rows they reference keep changing",
         "run the sync again",
@@ -434,19 +458,18 @@ def apply_with_references(
     )
 
 
-def _refuse_cycle(batch: Batch, result: ApplyResult, waiting: tuple[Batch, ...]) -> None:
-    """Stop when the rows a batch needs are rows waiting for it: foreign keys in a cycle."""
-    needed = {gid for gids in result.missing.values() for gid in gids}
-    for other in waiting:
-        if needed & {r.gid for r in other.rows}:
-            raise ErpSyncError(
-                "cannot apply the rows of {table} and {other}: they reference each other "
-                "(foreign keys in both directions), so neither can be written first",
-                "leave one of the tables out (erpsync node init DB --exclude {other} on every node), "
-                "or drop one of the two foreign keys",
-                table=batch.table,
-                other=other.table,
-            )
+def _cycle(batch: Batch, waiting: tuple[Batch, ...], loose: set[str]) -> ErpSyncError:
+    """The error of rows referencing each other through columns that cannot be left empty."""
+    other = next(b for b in waiting if loose & {r.gid for r in b.rows})
+    return ErpSyncError(
+        "cannot apply the rows of {table} and {other}: they reference each other "
+        "(foreign keys in both directions) through columns that cannot be left empty, "
+        "so neither can be written first",
+        "leave one of the tables out (erpsync node init DB --exclude {other} on every node), "
+        "or let one of the two references be NULL",
+        table=batch.table,
+        other=other.table,
+    )
 
 
 __all__ = ["ALIVE", "GONE", "SyncSummary", "TableCounts", "policies_of", "sync"]

@@ -701,6 +701,8 @@ class _Source:
     cursors: dict[tuple[str, int], int]
     waiting: dict[str, list[str]] | None = None
     """The rows the file at the head of ``todo`` waits for (table → global ids)."""
+    blocked: set[str] = field(default_factory=set)
+    """The rows of the batch that waits: what the rows it waits for cannot wait for in turn."""
     skip: set[str] = field(default_factory=set)
     """Rows its node deleted since: rows referencing them wait for their own deletion, in its files."""
     gap: int | None = None
@@ -799,7 +801,7 @@ class _Import:
                     continue
                 result = self._apply(batch, frozenset(source.skip))
                 if result.missing:
-                    source.waiting = result.missing
+                    source.waiting, source.blocked = result.missing, {r.gid for r in batch.rows}
                     return False
                 source.cursors[key] = max(source.cursors.get(key, 0), batch.upto)
                 self.summary.table(batch.table).add(result, len(batch.rows), incoming=True)
@@ -819,19 +821,27 @@ class _Import:
             self.local.advance(source.entry.node_id, behind, file.upto)
             source.cursors.update(dict.fromkeys(behind, file.upto))
         source.waiting = None
+        source.blocked.clear()
         source.skip.clear()
 
-    def _apply(self, batch: Batch, skip: frozenset[str], *, restore: bool = False) -> ApplyResult:
+    def _apply(
+        self,
+        batch: Batch,
+        skip: frozenset[str],
+        *,
+        restore: bool = False,
+        loose: frozenset[str] = frozenset(),
+    ) -> ApplyResult:
         if self.before_write is not None:
             self.before_write()
             self.before_write = None
         batch.sync_id = self.summary.id
         for _ in range(RETRIES):
             try:
-                return self.local.apply(batch, self.policies, restore=restore, skip=skip)
+                return self.local.apply(batch, self.policies, restore=restore, skip=skip, loose=loose)
             except ConcurrentWrite:
                 continue
-        return self.local.apply(batch, self.policies, restore=restore, skip=skip)
+        return self.local.apply(batch, self.policies, restore=restore, skip=skip, loose=loose)
 
     def _bring_missing(self, sources: list[_Source], stuck: list[_Source]) -> bool:
         """Unblock waiting files with rows found in the files still to apply; False if nothing changed.
@@ -848,6 +858,7 @@ class _Import:
         if not any(wanted.values()):
             return False
         latest = _find_rows([f for s in sources for f in s.todo], wanted)
+        blocked = {gid for source in stuck for gid in source.blocked}
         moved = False
         for batch in latest:
             alive = [r for r in batch.rows if r.alive and (batch.table, r.gid) not in self.brought]
@@ -855,6 +866,9 @@ class _Import:
                 continue
             batch.rows = alive
             result = self._apply(batch, frozenset(), restore=True)
+            waited = {gid for gids in result.missing.values() for gid in gids} & blocked
+            if waited:  # foreign keys in a cycle: in without those references; its own file sets them
+                result = self._apply(batch, frozenset(), restore=True, loose=frozenset(waited))
             if not result.missing:
                 self.brought.update((batch.table, r.gid) for r in alive)
                 self.summary.table(batch.table).restored += result.restored

@@ -166,11 +166,15 @@ class HttpPeer:
         self._call("POST", "/advance", wire.Done, body=request)
 
     def apply(
-        self, batch: Batch, policies: PolicyMap, *, restore: bool = False, skip: frozenset[str] = frozenset()
+        self,
+        batch: Batch,
+        policies: PolicyMap,
+        *,
+        restore: bool = False,
+        skip: frozenset[str] = frozenset(),
+        loose: frozenset[str] = frozenset(),
     ) -> ApplyResult:
-        request = wire.ApplyIn(
-            batch=wire.batch_text(batch), policies=policies, restore=restore, skip=sorted(skip)
-        )
+        request = wire.apply_request(batch, policies, restore=restore, skip=skip, loose=loose)
         return wire.apply_in(self._call("POST", "/apply", wire.ApplyOut, body=request))
 
     def met(self, node_id: str, name: str, url: str | None) -> None:

@@ -144,7 +144,11 @@ class Operations:
         peer = self._peer()
         wire.check_fits(batch, peer.node.table(batch.table))
         result = peer.apply(
-            batch, dict(request.policies), restore=request.restore, skip=frozenset(request.skip)
+            batch,
+            dict(request.policies),
+            restore=request.restore,
+            skip=frozenset(request.skip),
+            loose=frozenset(request.loose),
         )
         return wire.apply_out(result)
 

@@ -466,11 +466,15 @@ class SshPeer:
         self._call("advance", wire.AdvanceIn(node_id=node_id, streams=streams, upto=upto), wire.Done)
 
     def apply(
-        self, batch: Batch, policies: PolicyMap, *, restore: bool = False, skip: frozenset[str] = frozenset()
+        self,
+        batch: Batch,
+        policies: PolicyMap,
+        *,
+        restore: bool = False,
+        skip: frozenset[str] = frozenset(),
+        loose: frozenset[str] = frozenset(),
     ) -> ApplyResult:
-        request = wire.ApplyIn(
-            batch=wire.batch_text(batch), policies=policies, restore=restore, skip=sorted(skip)
-        )
+        request = wire.apply_request(batch, policies, restore=restore, skip=skip, loose=loose)
         return wire.apply_in(self._call("apply", request, wire.ApplyOut))
 
     def met(self, node_id: str, name: str, url: str | None) -> None:

@@ -34,7 +34,7 @@ from erpsync.errors import (
 )
 from erpsync.i18n import tr
 from erpsync.sync import changeset
-from erpsync.sync.apply import ApplyResult, ConcurrentWrite
+from erpsync.sync.apply import ApplyResult, ConcurrentWrite, PolicyMap
 from erpsync.sync.changeset import BATCH_ROWS, GONE, Batch, Cursors
 from erpsync.sync.meta import GID_LENGTH, SYNC_ID_LENGTH
 from erpsync.sync.model import SyncTable
@@ -149,6 +149,7 @@ class ApplyIn(_Wire):
     policies: dict[str, Policy] = Field(default_factory=dict, max_length=10_000)
     restore: bool = False
     skip: list[Gid] = Field(default_factory=list, max_length=100_000)
+    loose: list[Gid] = Field(default_factory=list, max_length=100_000)
 
 
 class ApplyOut(_Wire):
@@ -237,6 +238,15 @@ class Greeting(_Wire):
 
 
 # -- conversions ---------------------------------------------------------------------------------
+
+
+def apply_request(
+    batch: Batch, policies: PolicyMap, *, restore: bool, skip: frozenset[str], loose: frozenset[str]
+) -> ApplyIn:
+    """What a client sends to apply ``batch`` there (``erpsync.sync.peer.Peer.apply``)."""
+    return ApplyIn(
+        batch=batch_text(batch), policies=policies, restore=restore, skip=sorted(skip), loose=sorted(loose)
+    )
 
 
 def hello_out(hello: Hello) -> HelloOut:
