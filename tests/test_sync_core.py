@@ -246,11 +246,11 @@ class FlakyPeer(LocalPeer):
         super().__init__(db, owned=False)
         self.allowed = allowed
 
-    def apply(self, batch, policies, *, restore=False, skip=frozenset()):  # type: ignore[no-untyped-def]
+    def apply(self, batch, policies, **options):  # type: ignore[no-untyped-def]
         if self.allowed == 0:
             raise Interrupted
         self.allowed -= 1
-        return super().apply(batch, policies, restore=restore, skip=skip)
+        return super().apply(batch, policies, **options)
 
 
 def test_an_interrupted_sync_resumes_where_it_stopped(tmp_path: Path) -> None:
