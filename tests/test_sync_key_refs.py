@@ -13,9 +13,11 @@ from pathlib import Path
 from sqlalchemy import text
 
 from erpsync.db import Database, open_database
+from erpsync.sync import conflicts
 from erpsync.sync.adopt import adopt
 from erpsync.sync.encoding import encoder, natural_gid, row_text
 from erpsync.sync.node import VERSION, Node, init_node
+from erpsync.sync.policies import PolicyOverride
 from erpsync.sync.session import sync
 from erpsync.transport.folder import exchange
 from erpsync.transport.server import running
@@ -149,3 +151,35 @@ def test_a_node_of_an_older_erpsync_takes_the_global_ids_its_peers_derive(tmp_pa
         assert rows(lite, "SELECT gid, k0, k1 FROM erpsync_r3 ORDER BY gid") == expected
         assert value(lite, "SELECT version FROM erpsync_node") == VERSION
         same(lite, maria)
+
+
+def test_a_row_deleted_here_and_edited_there_comes_back_under_its_own_rows(tmp_path: Path) -> None:
+    """``manual``: taking the peer's side of a delete brings the row back under the key it has
+    here, translated from the rows it references (the tombstone keeps no key)."""
+    manual = [PolicyOverride.parse("manual")]
+    with databases(tmp_path, "sqlite", "postgresql", erp=False) as (a, b):
+        for n, db in enumerate((a, b)):
+            execute(db, *SCHEMA)
+            init_node(db, f"n{n}")
+        execute(a, "INSERT INTO t_item VALUES (1, 'item-a')")
+        execute(
+            b,
+            "INSERT INTO t_item VALUES (1, 'item-b')",
+            "INSERT INTO t_tag VALUES (1, 'tag-b')",
+            "INSERT INTO t_item_tag VALUES (1, 1)",
+            "INSERT INTO t_item_note VALUES (1, 'note-b')",
+        )
+        sync(a, b)
+        here = value(a, "SELECT id FROM t_item WHERE name = 'item-b'")
+        execute(a, f"DELETE FROM t_item_note WHERE item_id = {here}", "DELETE FROM t_item_tag")
+        execute(b, "UPDATE t_item_note SET note = 'edited' WHERE item_id = 1")
+        execute(b, "DELETE FROM t_item_tag", "INSERT INTO t_item_tag VALUES (1, 1)")  # again, later
+        sync(a, b, policies=manual)
+        assert [c.kind for c in conflicts.list_conflicts(a)] == ["delete", "delete"]
+        for queued in conflicts.list_conflicts(a):
+            conflicts.resolve(a, queued.id, "remote")
+        sync(a, b, policies=manual)
+        same(a, b)
+        for db in (a, b):
+            assert rows(db, NOTES) == [("item-b", "edited")]
+            assert rows(db, LINKS) == [("item-b", "tag-b")]

@@ -10,10 +10,10 @@ import pytest
 from erpsync import numbering
 from erpsync.db import Database
 from erpsync.sync import conflicts
-from erpsync.sync.node import set_policy
+from erpsync.sync.node import init_node, set_policy
 from erpsync.sync.policies import PolicyOverride
 from erpsync.sync.session import sync
-from tests.sync_support import execute, nodes, rows, same, value
+from tests.sync_support import databases, execute, nodes, rows, same, value
 
 EMAIL = "SELECT Email FROM tb_Client WHERE Code = 'CLI-00001'"
 ROW = "SELECT RaisonSociale, Email, Telephone FROM tb_Client WHERE Code = 'CLI-00001'"
@@ -240,3 +240,23 @@ def test_codes_differing_only_by_case_do_not_stop_a_sync_into_mariadb(tmp_path: 
             value(b, "SELECT count(*) FROM tb_Client WHERE RaisonSociale IN ('Minuscules', 'Majuscules')")
             == 2
         )
+
+
+@pytest.mark.parametrize("other", ["sqlite", "postgresql", "mariadb"])
+def test_a_business_key_alone_in_its_row_renumbered_under_manual_converges(
+    tmp_path: Path, other: str
+) -> None:
+    """The renumbered column is the row's only one: the sender's write stays in its history."""
+    manual = [PolicyOverride.parse("manual")]
+    table = "CREATE TABLE t_code (id INTEGER NOT NULL PRIMARY KEY, ref VARCHAR(20) NOT NULL UNIQUE)"
+    with databases(tmp_path, "sqlite", other, erp=False) as (a, b):
+        for n, db in enumerate((a, b)):
+            execute(db, table)
+            init_node(db, f"n{n}")
+        execute(a, "INSERT INTO t_code VALUES (1, 'N')")
+        execute(b, "INSERT INTO t_code VALUES (5, 'N')")
+        assert sync(a, b, policies=manual).conflicts == 1  # the collision, queued
+        assert sync(a, b, policies=manual).conflicts == 0
+        same(a, b)
+        assert rows(a, "SELECT id, ref FROM t_code ORDER BY id") == [(1, "N"), (5, "N-2")]
+        assert [c.kind for c in conflicts.list_conflicts(a) + conflicts.list_conflicts(b)] == ["unique"]

@@ -13,7 +13,9 @@ import pytest
 from erpsync.db import Database
 from erpsync.errors import ErpSyncError
 from erpsync.sync.node import init_node
+from erpsync.sync.policies import PolicyOverride
 from erpsync.sync.session import sync
+from erpsync.sync.undo import undo_last
 from erpsync.transport.folder import exchange
 from erpsync.transport.server import running
 from tests.conftest import ENGINES
@@ -190,3 +192,35 @@ def test_a_cycle_through_columns_never_empty_stops_the_sync_with_the_reason(tmp_
             sync(a, b)
         assert re.search(r"--exclude t_(emp|dept) on every node", refused.value.hint)
         assert rows(b, "SELECT id FROM t_emp UNION ALL SELECT id FROM t_dept") == []
+
+
+@pytest.mark.parametrize("engines", PAIRS, ids="-".join)
+def test_the_undo_of_a_sync_puts_a_tree_back_as_it_was(tmp_path: Path, engines: tuple[str, str]) -> None:
+    with two(tmp_path, engines, NODES) as (a, b):
+        execute(
+            a,
+            "INSERT INTO t_node VALUES (1, 'root', NULL)",
+            "INSERT INTO t_node VALUES (2, 'child', 1)",
+            "INSERT INTO t_node VALUES (3, 'grandchild', 2)",
+        )
+        sync(b, a, push=False)
+        assert undo_last(b) is not None  # the three levels it brought go: none keeps another
+        assert rows(b, TREE) == []
+        sync(a, b)  # the undo was a local edit of b: the tree goes from a too, children first
+        assert rows(a, TREE) == []
+        assert undo_last(a) is not None  # and comes back, parents first
+        assert rows(a, TREE) == [("child", "root"), ("grandchild", "child"), ("root", None)]
+
+
+def test_rows_of_a_cycle_arrive_complete_under_no_overwrite(tmp_path: Path) -> None:
+    keep = [PolicyOverride.parse("no-overwrite")]
+    with databases(tmp_path, "sqlite", "postgresql", erp=False) as nodes:
+        for n, db in enumerate(nodes):
+            departments(db)
+            init_node(db, f"n{n}")
+            hire(db, "ab"[n])
+        a, b = nodes
+        assert sync(a, b, policies=keep).conflicts == 0
+        same(a, b)
+        expected = [(f"dept-{n}", f"boss-{n}", f"{role}-{n}") for role in ("boss", "clerk") for n in "ab"]
+        assert rows(a, STAFF) == rows(b, STAFF) == expected

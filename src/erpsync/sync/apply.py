@@ -443,8 +443,16 @@ class _Apply(Inserts):
             return True, latest < deleted
         if concurrent and policy == MANUAL:
             remote = self._local_values(r, refs)
+            key = None if self.table.surrogate else self._allocate([r], refs)[0]  # a natural key comes back
             conflicts.record_row(
-                self.rows, r, conflicts.DELETE, MANUAL, self.source, remote=remote, local_deleted=True
+                self.rows,
+                r,
+                conflicts.DELETE,
+                MANUAL,
+                self.source,
+                remote=remote,
+                local_deleted=True,
+                key=key,
             )
             self.result.conflicts += 1
             return False, False
@@ -555,7 +563,7 @@ class _Apply(Inserts):
         values = self._local_values(r, refs)
         stamps: list[Stamp | None] = [None] * len(values) if restamp else list(r.clocks)
         incoming = Incoming(r.gid, None, values, stamps, set(range(len(values))), not restamp)
-        incoming.versions = r.versions or {}
+        incoming.versions = r.versions or implied(r.clocks)  # kept even if a renumbering restamps
         return incoming
 
     def _local_values(self, r: RowChange, refs: dict[str, dict[str, Key]]) -> list[Any]:
@@ -668,12 +676,7 @@ class _Apply(Inserts):
         if not to_delete:
             return
         keys = [self._key(mine) for _, mine in to_delete]
-        leaving, kept = set(keys), set()
-        while True:  # a row of a tree deleted with its children: they do not keep it
-            kept = self.rows.referenced(keys, leaving)
-            if not leaving & kept:
-                break
-            leaving -= kept
+        kept = self.rows.kept(keys)
         removed: list[Key] = []
         gone_rows: list[tuple[str, Key]] = []
         for (r, mine), key in zip(to_delete, keys, strict=True):

@@ -124,15 +124,24 @@ def record_row(
     local_deleted: bool = False,
     remote_deleted: bool = False,
     status: str = OPEN,
+    key: Sequence[Any] | None = None,
 ) -> None:
-    """Store a conflict about one row, with its local, remote and base values by column."""
+    """Store a conflict about one row, with its local, remote and base values by column.
+
+    ``key``: the local key the row takes here when the tombstone here keeps none (a
+    natural key to bring back); else the row's own.
+    """
     table = rows.table
     names = [c.key for c in table.columns]
     shadow = rows.shadows([remote_row.gid]).get(remote_row.gid)
-    key = [shadow[f"k{i}"] for i in range(len(table.keys))] if shadow is not None else None
+    if key is None and shadow is not None:
+        key = [shadow[f"k{i}"] for i in range(len(table.keys))]
     if local is None and key is not None and not local_deleted:
         local = rows.app_values([tuple(key)]).get(tuple(key))
-    detail: dict[str, Any] = {"key": key, "columns": [names[i] for i in columns or []]}
+    detail: dict[str, Any] = {
+        "key": list(key) if key is not None else None,
+        "columns": [names[i] for i in columns or []],
+    }
     if local is not None:
         detail["local"] = dict(zip(names, local, strict=True))
     if remote is not None:

@@ -14,7 +14,7 @@ from erpsync.sync.changeset import RowChange
 from erpsync.sync.keys import Incoming, catch_up
 from erpsync.sync.model import SyncColumn, SyncTable
 from erpsync.sync.node import SELF, NodeState
-from erpsync.sync.rows import TableRows, tree_order
+from erpsync.sync.rows import TableRows
 
 
 class Inserts:
@@ -41,8 +41,7 @@ class Inserts:
             return {}
         keys = self._allocate([r for r, _, _ in items], refs)
         app_rows = []
-        self_refs = self.table.self_refs
-        translated = [i for i in self_refs if self.table.columns[i].ref]  # held as global ids so far
+        translated = [i for i in self.table.self_refs if self.table.columns[i].ref]  # still global ids
         gid_keys = {r.gid: k for (r, _, _), k in zip(items, keys, strict=True)}
         for (r, mine, incoming), key in zip(items, keys, strict=True):
             for i in translated:
@@ -77,9 +76,6 @@ class Inserts:
         for item in self.renumbered:
             if item.key is None and item.gid in gid_keys:
                 item.key = gid_keys[item.gid]
-        if self_refs and len(self.table.keys) == 1:
-            names = [self.table.columns[i].name for i in self_refs]
-            app_rows = tree_order(app_rows, names, self.table.keys[0].name)
         self.rows.insert_app(app_rows)
         if self.table.surrogate:
             self.rows.node.dialect.after_explicit_ids(self.rows.conn, self.table.app)

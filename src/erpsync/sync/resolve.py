@@ -118,7 +118,7 @@ def _delete_again(rows: TableRows, shadow: Any) -> None:
 def _revive(rows: TableRows, conflict: Conflict, remote: dict[str, Any]) -> None:
     """Bring back a row deleted here with the peer's values, under a new local id if needed."""
     table = rows.table
-    if not remote:
+    if not remote and table.columns:
         raise CannotResolve(
             "conflict {id} holds no values to restore", "keep the deletion with --take local", id=conflict.id
         )
@@ -126,7 +126,7 @@ def _revive(rows: TableRows, conflict: Conflict, remote: dict[str, Any]) -> None
         key: tuple[Any, ...] = (rows.node.dialect.reserve_ids(rows.conn, table.app) + 1,)
     else:
         key = tuple(conflict.detail.get("key") or ())
-        if not key:
+        if not key or None in key:
             raise CannotResolve(
                 "conflict {id} holds no key to restore", "keep the deletion with --take local", id=conflict.id
             )

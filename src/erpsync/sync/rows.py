@@ -223,6 +223,16 @@ class TableRows:
             for r in self.select_in(sql, ["gid"], [(g,) for g in gids])
         }
 
+    def kept(self, keys: Sequence[Key]) -> set[Key]:
+        """Which of ``keys``, deleted together, other rows keep: still referenced by a row
+        staying (rows of a tree deleted with their children do not keep them)."""
+        leaving = set(keys)
+        while True:
+            kept = self.referenced(keys, leaving)
+            if not leaving & kept:
+                return kept
+            leaving -= kept
+
     def referenced(self, keys: Sequence[Key], leaving: Collection[Key] = ()) -> set[Key]:
         """Which of ``keys`` are still referenced by a row of any table (synced or not), rows of
         this table in ``leaving`` (deleted with them) not counted."""
@@ -271,9 +281,17 @@ class TableRows:
                 found[tuple(row[:width])] = tuple(row[width:])
         return found
 
-    def insert_app(self, rows: list[dict[str, Any]]) -> None:
-        """Insert application rows (dicts by column name), converted as SQLAlchemy would."""
-        self.insert_rows(self.table.app.name, rows, processors=True)
+    def insert_app(self, rows: list[dict[str, Any]], convert: bool = True) -> None:
+        """Insert application rows (dicts by column name), a tree's parents first, converted as
+        SQLAlchemy would unless ``convert`` is false (values as the driver returned them)."""
+        self.insert_rows(self.table.app.name, self._parents_first(rows), processors=convert)
+
+    def _parents_first(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Rows of a table referencing itself, each after the row it references."""
+        slots = self.table.self_refs
+        if not slots or len(self.key_columns) != 1:
+            return rows
+        return tree_order(rows, [self.table.columns[i].name for i in slots], self.key_columns[0].name)
 
     def update_app(self, changes: list[tuple[Key, dict[str, Any]]]) -> None:
         """Update application rows: (key, {column name: value}), grouped by the columns set."""
@@ -309,8 +327,7 @@ class TableRows:
                 self.update_app([((row[key.name],), {ref.name: None}) for row in tied])
                 for row in tied:
                     row[ref.name] = None
-        ordered = tree_order(found, [c.name for c in refs], key.name)
-        return [(row[key.name],) for row in reversed(ordered)]
+        return [(row[key.name],) for row in reversed(self._parents_first(found))]
 
 
 def tree_order(rows: list[dict[str, Any]], refs: Sequence[str], key: str) -> list[dict[str, Any]]:

@@ -42,7 +42,7 @@ from erpsync.sync.apply import ApplyResult, ConcurrentWrite, PolicyMap
 from erpsync.sync.changeset import ALIVE, BATCH_ROWS, GONE, Batch
 from erpsync.sync.node import Node
 from erpsync.sync.peer import Hello, LocalPeer, Peer
-from erpsync.sync.policies import PolicyOverride, swap
+from erpsync.sync.policies import LWW, PolicyOverride, swap
 from erpsync.transport import PeerAddress, open_peer, shown_url
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -428,9 +428,11 @@ def apply_with_references(
         if not result.missing:
             if loose:
                 loosened.append(batch)
-            if top:
+            if top:  # the rows that went in loose: their state again, which no policy keeps out
                 for pending in loosened:
-                    apply_with_references(source, target, pending, policies, restore=True)
+                    lww = {k: v for k, v in policies.items() if k.split(".")[0] != pending.table}
+                    lww[pending.table] = LWW
+                    apply_with_references(source, target, pending, lww, restore=True)
             return result
         if len(waiting) >= MAX_DEPTH:
             break

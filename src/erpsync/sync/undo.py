@@ -305,7 +305,7 @@ class _Undo:
         """Delete rows the sync added, unless still referenced (then returned, or refused/kept)."""
         rows = self._rows_of(table)
         keys = [row.key_now() for row in items]
-        referenced = rows.referenced(keys)
+        referenced = rows.kept(keys)
         waiting = [row for row in items if row.key_now() in referenced]
         if final:
             for row in waiting:
@@ -381,7 +381,7 @@ class _Undo:
             else:
                 shadow_updates.append({"gid": row.gid, **meta})
             done.setdefault(table.number, []).append((row, tuple(row.before.key)))
-        rows.insert_rows(table.app.name, app_rows)  # the values as the driver had returned them
+        rows.insert_app(app_rows, convert=False)  # the values as the driver had returned them
         if table.surrogate:
             self.node.dialect.after_explicit_ids(self.conn, table.app)
         rows.write_shadows(shadow_inserts, shadow_updates)
