@@ -14,7 +14,19 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
-from sqlalchemy import Connection, MetaData, Table, delete, func, insert, inspect, select, text, update
+from sqlalchemy import (
+    Connection,
+    MetaData,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
 
 from erpsync.db import Database
 from erpsync.errors import ErpSyncError, InvalidArgument
@@ -388,9 +400,13 @@ def _rederive_natural_gids(node: Node, conn: Connection) -> None:
         s = table.shadow
         columns = [s.c[f"k{i}"] for i in range(len(table.keys))]
         found = {tuple(r[1:]): r[0] for r in conn.execute(select(s.c.gid, *columns).where(s.c.deleted == 0))}
-        for key, gid in natural_gids(conn, table, list(found)).items():
-            if gid != found[key]:
-                conn.execute(update(s).where(s.c.gid == found[key]).values(gid=gid))
+        moved = [
+            {"old": found[key], "new": gid}
+            for key, gid in natural_gids(conn, table, list(found)).items()
+            if gid != found[key]
+        ]
+        if moved:
+            conn.execute(update(s).where(s.c.gid == bindparam("old")).values(gid=bindparam("new")), moved)
 
 
 def _set_tables(

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Table, inspect, select
 
 from erpsync.dialects.base import execute_many
 from erpsync.sync.capture import IN_LIMIT, Key, _chunks, key_in, same_keys, values_at
+from erpsync.sync.changeset import clock_slots
 from erpsync.sync.hlc import Stamp
 from erpsync.sync.model import SyncTable
 from erpsync.sync.node import SELF, Node, NodeState
@@ -122,10 +123,10 @@ class TableRows:
         """The clock of each column of a present row."""
         base = self.stamp_of(shadow["bh"], shadow["bn"])
         if self._column_clocks(shadow).count(None) == len(self.clock_columns):  # a row written once
-            return [base] * (len(self.clock_columns) or 1)
+            return [base] * clock_slots(len(self.clock_columns))
         return [
             base if shadow[c] is None else self.stamp_of(shadow[c], shadow[n]) for c, n in self.clock_columns
-        ] or [base]  # a row whose columns are all in its key: the clock of its own write
+        ]
 
     def versions(self, shadow: Mapping[str, Any], stamps: Sequence[Stamp] | None = None) -> Versions:
         """A present row's version vector: the stored one, else the one its clocks imply."""
