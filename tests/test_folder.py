@@ -226,6 +226,27 @@ def test_a_damaged_file_gives_a_clear_error_and_nothing_is_applied(tmp_path: Pat
         same(pc1, pc2)
 
 
+def test_a_file_of_an_older_format_is_refused_and_written_again_once_deleted(tmp_path: Path) -> None:
+    folder = shared(tmp_path)
+    with nodes(tmp_path, "sqlite", "sqlite", scale=1, seed=7) as (pc1, pc2):
+        exchange(pc1, folder)
+        (file,) = files_of(folder, pc1)
+        head, *rest = gzip.decompress(file.read_bytes()).splitlines(keepends=True)
+        old = json.dumps({**json.loads(head), "format": 2}).encode() + b"\n"
+        file.write_bytes(gzip.compress(b"".join([old, *rest])))
+        with pytest.raises(FolderFileCorrupt) as caught:
+            exchange(pc2, folder)
+        assert "written by an older erpsync (format 2)" in caught.value.message
+        assert "update erpsync on pc1, then delete the file" in caught.value.hint
+        assert value(pc2, "SELECT count(*) FROM tb_Client") == 0
+        assert value(pc2, "SELECT count(*) FROM erpsync_cursor") == 0
+        file.unlink()
+        exchange(pc2, folder)
+        exchange(pc1, folder)
+        exchange(pc2, folder)
+        same(pc1, pc2)
+
+
 def test_a_schema_that_differs_is_named_and_nothing_is_applied(tmp_path: Path) -> None:
     folder = shared(tmp_path)
     with databases(tmp_path, "sqlite", "sqlite") as (pc1, pc2):
@@ -293,7 +314,7 @@ def test_files_are_json_lines_with_a_header_and_an_end_mark(tmp_path: Path) -> N
         assert end == {
             "end": True,
             "batches": len(lines) - 2,
-            "rows": sum(len(b["rows"]) for b in lines[1:-1]),
+            "rows": sum(len(b["gids"]) for b in lines[1:-1]),
         }
         state = json.loads((file.parent / "node.json").read_text(encoding="utf-8"))
         assert state["name"] == "pc1" and state["exported"] == header["upto"] and state["number"] == 1

@@ -361,7 +361,7 @@ def test_refused_requests_get_a_4xx_and_apply_nothing(tmp_path: Path) -> None:
 
 def _with_value(batch: str, column: str, new: Any) -> str:
     data = json.loads(batch)
-    data["rows"][0][2][data["columns"].index(column)] = new
+    data["values"]["columns"][data["columns"].index(column)] = [new]
     return json.dumps(data)
 
 

@@ -65,6 +65,8 @@ FRENCH: dict[str, str] = {
     "delete the file: {name} writes the changes it held again at its next sync": "supprimez le fichier : {name} réécrit les modifications qu'il contenait à sa prochaine synchronisation",
     "file {file} was written by a newer erpsync (format {format})": "le fichier {file} a été écrit par une version plus récente d'erpsync (format {format})",
     "update erpsync on this PC": "mettez à jour erpsync sur ce PC",
+    "file {file} was written by an older erpsync (format {format})": "le fichier {file} a été écrit par une version plus ancienne d'erpsync (format {format})",
+    "update erpsync on {name}, then delete the file: {name} writes the changes it held again at its next sync": "mettez à jour erpsync sur {name}, puis supprimez le fichier : {name} réécrit les modifications qu'il contenait à sa prochaine synchronisation",
     "not an erpsync change file": "ce n'est pas un fichier de modifications erpsync",
     "its header does not match its name": "son en-tête ne correspond pas à son nom",
     "data after the end mark": "des données après la marque de fin",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -130,8 +131,13 @@ class ErpTables:
         return self.tables[name]
 
 
+@cache
 def erp_tables(dialect: Dialect) -> ErpTables:
-    """The reference schema as SQLAlchemy tables, with names as ``dialect`` stores them."""
+    """The reference schema as SQLAlchemy tables, with names as ``dialect`` stores them.
+
+    Built once per engine kind: applying a batch looks tables up here, and building
+    them costs milliseconds. Read-only for callers.
+    """
     fold = dialect.fold
     metadata = MetaData()
     tables: dict[str, Table] = {}

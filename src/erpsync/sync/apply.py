@@ -272,16 +272,16 @@ class _Apply(Inserts):
         )
 
     def run(self) -> list[Key]:
-        rows = [self.local_order(r) for r in self.batch.rows]
-        latest = max((max(r.clocks) for r in rows if r.clocks), default=None)
-        deleted = max((r.deleted for r in rows if r.deleted is not None), default=None)
+        rows = list(self.batch.rows) if self.in_order else [self.local_order(r) for r in self.batch.rows]
+        latest = max(map(max, filter(None, [r.clocks for r in rows])), default=None)
+        deleted = max(filter(None, [r.deleted for r in rows]), default=None)
         for stamp in (latest, deleted):
             if stamp is not None:
                 self.state.see(stamp.hlc)
         local = self.local = self.rows.shadows(r.gid for r in rows)
         if self.batch.stream == ALIVE:
-            self._alive([r for r in rows if r.alive], local)
-            gone = [r for r in rows if not r.alive]  # fetched rows can be tombstones
+            self._alive([r for r in rows if r.values is not None], local)
+            gone = [r for r in rows if r.values is None]  # fetched rows can be tombstones
         else:
             gone = rows
         if gone:
@@ -300,7 +300,9 @@ class _Apply(Inserts):
             rows = self._loosen(rows, local)
         inserts: list[tuple[RowChange, Mapping[str, Any] | None, bool]] = []
         merges: list[tuple[RowChange, Mapping[str, Any]]] = []
-        for r in rows:
+        if not local:  # rows all new here (a first sync): nothing to sort
+            inserts = [(r, None, False) for r in rows]
+        for r in rows if local else ():
             mine = local.get(r.gid)
             if mine is None:
                 inserts.append((r, None, False))
@@ -321,7 +323,9 @@ class _Apply(Inserts):
         fresh = [r for r, mine, restamp in inserts if mine is None and not restamp]
         if fresh and not self.table.self_refs:
             done = self._fast_inserts(fresh, refs)
-            inserts = [item for item in inserts if item[0].gid not in done]
+            inserts = (
+                [item for item in inserts if item[0].gid not in done] if len(done) < len(inserts) else []
+            )
             if self.receipt is not None:
                 self.receipt.added(done)
         incoming = self._merge(merges, refs)
@@ -398,9 +402,8 @@ class _Apply(Inserts):
         resolved: dict[str, dict[str, Key]] = {}
         missing: dict[str, set[str]] = {}
         dropped: set[str] = set()
-        in_batch = {r.gid for r in rows}
         table = self.table
-        columns = [
+        columns: list[tuple[SyncTable, list[Any]]] = [
             (table.parents[c.ref], [None if r.values is None else r.values[i] for r in rows])
             for i, c in enumerate(table.columns)
             if c.ref is not None
@@ -408,10 +411,16 @@ class _Apply(Inserts):
         columns += [
             (parent, [None if r.key is None else r.key[i] for r in rows]) for i, parent in table.key_refs
         ]
+        in_batch = {r.gid for r in rows} if any(parent is table for parent, _ in columns) else set()
         for parent, values in columns:
             if self.skip:
                 dropped.update(r.gid for r, v in zip(rows, values, strict=True) if v in self.skip)
-            gids = {v for r, v in zip(rows, values, strict=True) if v is not None and r.gid not in dropped}
+            gids = (
+                {v for r, v in zip(rows, values, strict=True) if r.gid not in dropped}
+                if dropped
+                else set(values)
+            )
+            gids.discard(None)
             known = self.rows.keys_of(parent, gids)
             table_refs = resolved.setdefault(parent.key, {})
             for gid in gids:

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
+from itertools import pairwise
 from typing import Any
 
 import orjson
@@ -239,10 +240,11 @@ class _Reader:
         self.width = len(table.columns)
         self.gid, self.dh, self.dn, self.ds, self.vv = (at[k] for k in ("gid", "dh", "dn", "ds", "vv"))
         self.bh, self.bn = at["bh"], at["bn"]
-        self.keys = [at[f"a_g{i}"] if k.ref else at[f"a_k{i}"] for i, k in enumerate(table.keys)]
+        self.key = values_at([at[f"a_g{i}"] if k.ref else at[f"a_k{i}"] for i, k in enumerate(table.keys)])
         self.values = values_at([at[f"v{i}"] for i in range(self.width)])
         self.clocks = [(at[f"c{i}"], at[f"n{i}"]) for i in range(self.width)]
         self.clock_values = values_at([at[f"c{i}"] for i in range(self.width)])
+        self.slots = clock_slots(self.width)
         self.refs = [(i, at[f"v{i}"], at[f"g{i}"]) for i, c in enumerate(table.columns) if c.ref is not None]
 
     def __call__(self, stream: int, row: Sequence[Any]) -> RowChange | None:
@@ -250,35 +252,41 @@ class _Reader:
         deleted = Stamp(row[self.dh], ids[row[self.dn]]) if row[self.dh] is not None else None
         if stream == GONE:
             return RowChange(row[self.gid], None, None, None, deleted, row[self.ds])
-        key = tuple(row[i] for i in self.keys)
+        key = self.key(row)
         if None in key:
             return None  # deleted since the last fold (its tombstone goes next time), or references
             # a row not folded yet (sent once it is)
-        values = list(self.values(row))
-        for i, value_at, gid_at in self.refs:
-            if row[value_at] is not None:
-                values[i] = row[gid_at]
-                if values[i] is None:
-                    return None  # references a row not folded yet: sent once it is
+        values = self.values(row)
+        if self.refs:
+            changed = list(values)
+            for i, value_at, gid_at in self.refs:
+                if row[value_at] is not None:
+                    changed[i] = row[gid_at]
+                    if changed[i] is None:
+                        return None  # references a row not folded yet: sent once it is
+            values = tuple(changed)
         base = Stamp(row[self.bh], ids[row[self.bn]]) if row[self.bh] is not None else Stamp(0, "")
         if self.clock_values(row).count(None) == self.width:
-            clocks: tuple[Stamp, ...] = (base,) * clock_slots(self.width)
+            clocks: tuple[Stamp, ...] = (base,) * self.slots
         else:
             clocks = tuple(Stamp(row[c], ids[row[n]]) if row[c] is not None else base for c, n in self.clocks)
         versions = parse_versions(row[self.vv], ids) if row[self.vv] else None
-        return RowChange(row[self.gid], key, tuple(values), clocks, deleted, None, versions)
+        return RowChange(row[self.gid], key, values, clocks, deleted, None, versions)
 
 
 # -- JSON, for transports ------------------------------------------------------------------------
 #
-# A batch is one JSON object; each row is an array ``[gid, key, values, clocks, deleted, seen,
-# versions]``. Values of JSON's own types travel as they are; decimals, dates, times, bytes,
-# non-finite floats and integers beyond 64 bits as one-key objects (``{"$d": "8.00"}``), so they
-# come back exact. ``clocks`` is ``[hlc, node]`` when every column has the same clock (a row
-# written once: most rows), else one ``[hlc, node]`` per column; nodes are indexes into
-# ``nodes``. Each row describes itself (no per-batch type header), so rows of several batches
-# can be regrouped, as the shared-folder transport does. Encoding and decoding work column by
-# column: a column whose values need no tag costs no Python code per value.
+# A batch is one JSON object holding its rows column by column: ``gids`` (one per row), then
+# ``keys``, ``values``, ``clocks``, ``deleted``, ``seen`` and ``versions``, each a *part*: the
+# rows that have the field (``at``: their positions, ``null`` when every row has it) and their
+# contents. Keys and values are columns; a column of JSON's own types travels as it is; a column
+# of decimals, dates, times, bytes, non-finite floats or integers beyond 64 bits as one-key
+# objects, ``{"$d": ["8.00", null, ...]}`` when all its values are of one such type, else value by
+# value (``{"$d": "8.00"}``), so everything comes back exact. Clocks are ``hlc`` and ``node``
+# columns, one clock for a row whose columns all share it (a row written once: most rows), else
+# ``null`` there and the row's clocks, one ``[hlc, node]`` per column, in ``mixed``; nodes are
+# indexes into ``nodes``. Column by column, a batch costs little Python code per value either
+# way, and no row is taken apart and put together again.
 
 _NATIVE = frozenset({str, int, bool, type(None)})
 """Types JSON carries exactly as they are (integers within 64 bits, checked apart)."""
@@ -357,20 +365,11 @@ def _decode_column(column: Sequence[Any]) -> Sequence[Any]:
     return [_decode(v) for v in column] if dict in set(map(type, column)) else column
 
 
-def _matrix(rows: list[Any], width: int, convert: Callable[[Sequence[Any]], Sequence[Any]]) -> Iterator[Any]:
-    """``rows`` (sequences of ``width`` values) with ``convert`` applied column by column.
-
-    Rows of other lengths (only in malformed input) are converted value by value instead.
-    """
-    if width and all(type(r) in (list, tuple) and len(r) == width for r in rows):
-        return zip(*[convert(column) for column in zip(*rows, strict=True)], strict=True)
-    one = _encode if convert is _encode_column else _decode
-    return iter([tuple([one(v) for v in r]) for r in rows])
-
-
 def encode_rows(rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
-    """Rows of one table's values as JSON carries them, encoded column by column."""
-    return list(_matrix(list(rows), len(rows[0]) if rows else 0, _encode_column))
+    """Rows of one table's values as JSON carries them, value by value, encoded column by column."""
+    if not rows or not rows[0]:
+        return [() for _ in rows]
+    return list(zip(*[_encode_column(c) for c in zip(*rows, strict=True)], strict=True))
 
 
 @contextmanager
@@ -420,38 +419,24 @@ def _document(batch: Batch) -> dict[str, Any]:
     width = len(batch.columns)
 
     def node(n: str) -> int:
-        number = nodes.get(n)
-        if number is None:
-            number = nodes[n] = len(nodes)
-        return number
+        return nodes.setdefault(n, len(nodes))
 
-    def stamp(s: Stamp | None) -> list[int] | None:
-        return None if s is None else [s.hlc, node(s.node)]
-
-    def clocks_of(clocks: tuple[Stamp, ...] | None) -> list[Any] | None:
-        if clocks is None:
-            return None
-        first = clocks[0] if clocks else None
-        if first is not None and len(clocks) == width and clocks.count(first) == width:
-            return [first.hlc, node(first.node)]
-        return [[s.hlc, node(s.node)] for s in clocks]
-
-    source = batch.rows
-    values = _matrix([r.values for r in source if r.values is not None], width, _encode_column)
-    keyed = [r.key for r in source if r.key is not None]
-    keys = _matrix(keyed, len(keyed[0]) if keyed else 0, _encode_column)
-    rows = [
-        [
-            r.gid,
-            None if r.key is None else next(keys),
-            None if r.values is None else next(values),
-            clocks_of(r.clocks),
-            stamp(r.deleted),
-            r.seen,
-            None if r.versions is None else {str(node(n)): h for n, h in r.versions.items()},
-        ]
-        for r in source
-    ]
+    hlcs: list[int | None] = []
+    numbers: list[int | None] = []
+    mixed: list[list[list[int]]] = []
+    at, clocks = _part([r.clocks for r in batch.rows])
+    for c in clocks:
+        first = c[0] if c else None
+        if first is not None and len(c) == width and c.count(first) == width:
+            hlcs.append(first.hlc)
+            numbers.append(node(first.node))
+        else:
+            hlcs.append(None)
+            numbers.append(None)
+            mixed.append([[s.hlc, node(s.node)] for s in c])
+    deleted_at, deleted = _part([r.deleted for r in batch.rows])
+    seen_at, seen = _part([r.seen for r in batch.rows])
+    versions_at, versions = _part([r.versions for r in batch.rows])
     return {
         "id": batch.batch_id,
         "source": batch.source,
@@ -462,9 +447,42 @@ def _document(batch: Batch) -> dict[str, Any]:
         "upto": batch.upto,
         "names": batch.names,
         "sync": batch.sync_id,
+        "gids": [r.gid for r in batch.rows],
+        "keys": _columns([r.key for r in batch.rows]),
+        "values": _columns([r.values for r in batch.rows]),
+        "clocks": {"at": at, "hlc": hlcs, "node": numbers, "mixed": mixed},
+        "deleted": {
+            "at": deleted_at,
+            "hlc": [d.hlc for d in deleted],
+            "node": [node(d.node) for d in deleted],
+        },
+        "seen": {"at": seen_at, "items": seen},
+        "versions": {"at": versions_at, "items": [{str(node(n)): h for n, h in v.items()} for v in versions]},
         "nodes": list(nodes),
-        "rows": rows,
     }
+
+
+def _part(items: list[Any]) -> tuple[list[int] | None, list[Any]]:
+    """The items that are not ``None``, and their positions (``None``: every item is there)."""
+    present = [item for item in items if item is not None]
+    if len(present) == len(items):
+        return None, present
+    return [i for i, item in enumerate(items) if item is not None], present
+
+
+def _columns(tuples: list[tuple[Any, ...] | None]) -> dict[str, Any]:
+    """A part of keys or values: the rows that have them, column by column."""
+    at, present = _part(tuples)
+    return {"at": at, "columns": [_wire_column(c) for c in zip(*present, strict=True)]}
+
+
+def _wire_column(column: Sequence[Any]) -> Any:
+    """A column as JSON carries it: one tag for the whole column when it needs one."""
+    kinds = set(map(type, column)) - {type(None)}
+    if len(kinds) == 1 and (kind := next(iter(kinds))) in _TAGS and kind not in (int, float):
+        tag, spell = _TAGS[kind]
+        return {tag: [None if v is None else spell(v) for v in column]}
+    return _encode_column(column)
 
 
 def from_json(text: str | bytes) -> Batch:
@@ -476,34 +494,36 @@ def from_json(text: str | bytes) -> Batch:
 def _batch(data: Any) -> Batch:
     nodes = data["nodes"]
     width = len(data["columns"])
-    raw = data["rows"]
-    values = _matrix([r[2] for r in raw if r[2] is not None], width, _decode_column)
-    keyed = [r[1] for r in raw if r[1] is not None]
-    keys = _matrix(keyed, len(keyed[0]) if keyed else 0, _decode_column)
-
-    def stamp(s: list[int] | None) -> Stamp | None:
-        return None if s is None else Stamp(s[0], nodes[s[1]])
-
-    def clocks_of(clocks: list[Any] | None) -> tuple[Stamp, ...] | None:
-        if clocks is None:
-            return None
-        if clocks and type(clocks[0]) is int:  # one clock for every column
-            hlc, number = clocks  # exactly two: anything else is malformed
-            return (Stamp(hlc, nodes[number]),) * width
-        return tuple([Stamp(hlc, nodes[number]) for hlc, number in clocks])
-
-    rows = [
-        RowChange(
-            gid,
-            None if key is None else next(keys),
-            None if vals is None else next(values),
-            clocks_of(clocks),
-            stamp(deleted),
-            seen,
-            None if versions is None else {nodes[int(n)]: h for n, h in versions.items()},
-        )
-        for gid, key, vals, clocks, deleted, seen, versions in raw
+    gids = data["gids"]
+    n = len(gids)
+    clocks = data["clocks"]
+    if len(clocks["mixed"]) != clocks["hlc"].count(None):
+        raise ValueError("one list of mixed clocks is needed for each row without one clock")
+    mixed = iter(clocks["mixed"])
+    stamps: list[tuple[Stamp, ...]] = [
+        (Stamp(h, nodes[number]),) * width
+        if h is not None
+        else tuple([Stamp(hlc, nodes[number]) for hlc, number in next(mixed)])
+        for h, number in zip(clocks["hlc"], clocks["node"], strict=True)
     ]
+    deleted = data["deleted"]
+    versions = data["versions"]
+    rows = list(
+        map(
+            RowChange,
+            gids,
+            _rows(data["keys"], n),
+            _rows(data["values"], n),
+            _spread(clocks["at"], stamps, n),
+            _spread(
+                deleted["at"],
+                [Stamp(h, nodes[number]) for h, number in zip(deleted["hlc"], deleted["node"], strict=True)],
+                n,
+            ),
+            _spread(data["seen"]["at"], data["seen"]["items"], n),
+            _spread(versions["at"], [{nodes[int(k)]: h for k, h in v.items()} for v in versions["items"]], n),
+        )
+    )
     return Batch(
         batch_id=data["id"],
         source=data["source"],
@@ -516,3 +536,40 @@ def _batch(data: Any) -> Batch:
         names=data.get("names", {}),
         sync_id=data.get("sync", ""),
     )
+
+
+def _spread(at: list[int] | None, items: list[Any], n: int) -> list[Any]:
+    """The inverse of ``_part``: ``n`` items, ``None`` where a row has none."""
+    if at is None:
+        if len(items) != n:
+            raise ValueError(f"{len(items)} items for {n} rows")
+        return items
+    if any(type(i) is not int for i in at) or any(a >= b for a, b in pairwise(at)) or (at and at[0] < 0):
+        raise ValueError("positions must be increasing row numbers")
+    out: list[Any] = [None] * n
+    for i, item in zip(at, items, strict=True):
+        out[i] = item
+    return out
+
+
+def _rows(part: dict[str, Any], n: int) -> list[tuple[Any, ...] | None]:
+    """A part of keys or values back as one tuple per row (``None`` where a row has none)."""
+    at, columns = part["at"], part["columns"]
+    count = n if at is None else len(at)
+    decoded = [_unwire_column(c) for c in columns]
+    tuples = list(zip(*decoded, strict=True)) if decoded else [()] * count
+    if len(tuples) != count:
+        raise ValueError(f"{len(tuples)} rows of values for {count}")
+    return _spread(at, tuples, n)
+
+
+def _unwire_column(column: Any) -> Sequence[Any]:
+    if type(column) is dict:
+        ((tag, texts),) = column.items()
+        if type(texts) is not list:
+            raise ValueError(f"{tag} needs a list of values")
+        decode = _DECODERS[tag]
+        return [None if v is None else decode(v) for v in texts]
+    if type(column) is not list:
+        raise ValueError("a column must be a list")
+    return _decode_column(column)

@@ -7,10 +7,12 @@ because the bulk path for new rows is the hot loop of a first sync.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import compress, repeat
+from operator import itemgetter
 from typing import Any
 
 from erpsync.sync.capture import Key
-from erpsync.sync.changeset import RowChange
+from erpsync.sync.changeset import RowChange, clock_slots
 from erpsync.sync.keys import Incoming, catch_up
 from erpsync.sync.model import SyncColumn, SyncTable
 from erpsync.sync.node import SELF, NodeState
@@ -105,27 +107,39 @@ class Inserts:
             return set()
         catch_up(self.rows, columns)
         keys = self._allocate(rows, refs)
-        key_columns = self._converted(table.keys, [list(c) for c in zip(*keys, strict=True)])
-        app_rows = list(zip(*key_columns, *self._converted(table.columns, columns), strict=True))
+        raw_keys = [list(c) for c in zip(*keys, strict=True)]
+        app_rows = list(
+            zip(
+                *self._converted(table.keys, raw_keys),
+                *self._converted(table.columns, columns),
+                strict=True,
+            )
+        )
         self.touched.extend(keys)
         number = self.rows.number
+        clocks = [r.clocks or () for r in rows]
+        firsts = [c[0] for c in clocks]
+        numbers = {n: number(n) if n else SELF for n in {f.node for f in firsts}}
+        width = clock_slots(len(table.columns))
+        # most rows were written once: one clock for every column, nothing else to store
+        once = [
+            count == width and not r.versions and r.deleted is None
+            for count, r in zip(map(tuple.count, clocks, firsts), rows, strict=True)
+        ]
+        seqs = self.state.next_seqs(len(rows))
+        nodes = map(numbers.__getitem__, map(itemgetter(1), firsts))
+        shared = (repeat(0), repeat(self.source), map(itemgetter(0), firsts), nodes)
         # Python's sqlite3 binds NULL slowly: each shape of row lists only the columns it fills
         fixed = ("gid", *(f"k{j}" for j in range(len(table.keys))), "seq", "deleted", "src", "bh", "bn")
-        plain: list[tuple[Any, ...]] = []
+        plain = list(compress(zip([r.gid for r in rows], *raw_keys, seqs, *shared, strict=False), once))
         shadow_rows: dict[tuple[str, ...], list[tuple[Any, ...]]] = {fixed: plain}
-        source = self.source
-        for r, key, seq in zip(rows, keys, self.state.next_seqs(len(rows)), strict=True):
-            assert r.clocks is not None
-            first = r.clocks[0]
-            if r.clocks.count(first) == len(r.clocks) and not r.versions and r.deleted is None:
-                node = number(first.node) if first.node else SELF
-                plain.append((r.gid, *key, seq, 0, source, first.hlc, node))
-                continue  # most rows: written once, one clock for every column
-            stored = self.rows.clock_values(list(r.clocks))
-            row = (r.gid, *key, seq, 0, source, stored["bh"], stored["bn"])
+        for n in [n for n, simple in enumerate(once) if not simple]:
+            r = rows[n]
+            stored = self.rows.clock_values(list(clocks[n]))
+            row = (r.gid, *keys[n], seqs[n], 0, self.source, stored["bh"], stored["bn"])
             extra = {k: v for k, v in stored.items() if k[0] in "cn" and v is not None}
             if r.versions:
-                extra["vv"] = self.rows.versions_text(r.versions, list(r.clocks))
+                extra["vv"] = self.rows.versions_text(r.versions, list(clocks[n]))
             if r.deleted is not None:
                 extra.update(dh=r.deleted.hlc, dn=number(r.deleted.node))
             shadow_rows.setdefault((*fixed, *extra), []).append((*row, *extra.values()))
@@ -188,6 +202,8 @@ class Inserts:
         sql = f"SELECT {column} AS k FROM {self.rows.quote(self.table.app.name)} WHERE"
         found = self.rows.select_in(sql, [column], [(h,) for h in hints if h is not None])
         taken: set[Any] = {r["k"] for r in found}
+        if not taken and None not in hints and len(set(hints)) == len(hints):
+            return [(hint,) for hint in hints]  # the common case: every id is free here
         keys: list[Key] = []
         used: set[Any] = set()
         pending: list[int] = []

@@ -30,8 +30,9 @@ from erpsync.sync.changeset import Batch, Cursors
 from erpsync.sync.meta import BATCHES, CURSORS, NODE, PEERS, log_name
 from erpsync.sync.node import Node
 
-PROTOCOL = 2
-"""Version of what nodes send each other: 2 sends keys referencing other rows as their global ids."""
+PROTOCOL = 3
+"""Version of what nodes send each other: 2 sends keys referencing other rows as their global ids,
+3 sends batches column by column (``changeset.to_json``)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,13 @@ class Peer(Protocol):
 
     def advance(self, node_id: str, streams: list[tuple[str, int]], upto: int) -> None:
         """Move this node's cursors for ``node_id``'s ``streams`` to ``upto`` (nothing to send there)."""
+
+    def prepare(self, batch: Batch, policies: PolicyMap) -> None:
+        """Do ahead what sending ``batch`` to ``apply`` under ``policies`` costs (encoding it).
+
+        The session calls it in its reading thread as batches are read, so a
+        network peer encodes the next batch while the server applies this one.
+        """
 
     def apply(
         self,
@@ -185,6 +193,9 @@ class LocalPeer:
         loose: frozenset[str] = frozenset(),
     ) -> ApplyResult:
         return apply_batch(self.node, batch, policies, restore=restore, skip=skip, loose=loose)
+
+    def prepare(self, batch: Batch, policies: PolicyMap) -> None:
+        """Nothing to encode: the batch is applied as it is."""
 
     def met(self, node_id: str, name: str, url: str | None) -> None:
         peers = self.node.meta[PEERS]

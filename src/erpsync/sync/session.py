@@ -39,7 +39,7 @@ from erpsync.db import Database
 from erpsync.errors import ErpSyncError
 from erpsync.sync import fingerprint, history
 from erpsync.sync.apply import ApplyResult, ConcurrentWrite, PolicyMap
-from erpsync.sync.changeset import ALIVE, BATCH_ROWS, GONE, Batch
+from erpsync.sync.changeset import ALIVE, BATCH_ROWS, GONE, Batch, no_cycle_collection
 from erpsync.sync.node import Node
 from erpsync.sync.peer import Hello, LocalPeer, Peer
 from erpsync.sync.policies import LWW, PolicyOverride, swap
@@ -48,6 +48,10 @@ from erpsync.transport import PeerAddress, open_peer, shown_url
 ProgressCallback = Callable[[str, int, int], None]
 MAX_DEPTH = 20
 RETRIES = 5
+READ_AHEAD = 4
+"""Batches ``read_ahead`` may hold read and not yet applied: enough for the small tables at the
+start of a transfer to arrive while the first one is applied, and the big ones' first batches
+to be read meanwhile."""
 
 
 class SameNode(ErpSyncError):
@@ -321,21 +325,29 @@ def transfer(
     empty = [(table, stream) for table, stream, count in plan if count == 0]
     if empty:
         target.advance(source_hello.node_id, empty, source_hello.seq)
-    for table, stream, count in plan:
-        if count == 0:
-            continue
-        batches = source.changes(
-            table, stream, since.get((table, stream), 0), source_hello.seq, target_hello.node_id, batch_rows
-        )
-        reading = batches if source.in_process and target.in_process else read_ahead(batches)
-        with closing(reading):  # a stream left midway (an error, a stop) ends now, not when collected
-            for batch in reading:
-                batch.sync_id = summary.id
-                result = apply_with_references(source, target, batch, policies)
-                summary.table(table).add(result, len(batch.rows), incoming=incoming)
-                summary.batches += 1
-                done += len(batch.rows)
-                progress(label, min(done, total), total)
+
+    def batches() -> Generator[Batch, None, None]:
+        for table, stream, count in plan:
+            if count:
+                start = since.get((table, stream), 0)
+                for batch in source.changes(
+                    table, stream, start, source_hello.seq, target_hello.node_id, batch_rows
+                ):
+                    batch.sync_id = summary.id
+                    target.prepare(batch, policies)
+                    yield batch
+
+    # with a network peer, the next batches (of the next tables too) are read and encoded
+    # while this one is applied
+    reading = batches() if source.in_process and target.in_process else read_ahead(batches())
+    # a stream left midway (an error, a stop) ends now, not when collected
+    with closing(reading), no_cycle_collection():
+        for batch in reading:
+            result = apply_with_references(source, target, batch, policies)
+            summary.table(batch.table).add(result, len(batch.rows), incoming=incoming)
+            summary.batches += 1
+            done += len(batch.rows)
+            progress(label, min(done, total), total)
 
 
 _Read = tuple[Batch | None, BaseException | None]
@@ -343,7 +355,7 @@ _Read = tuple[Batch | None, BaseException | None]
 
 
 def read_ahead(batches: Generator[Batch, None, None]) -> Generator[Batch, None, None]:
-    """``batches``, the next one read in a thread while the caller applies the current one.
+    """``batches``, read in a thread (up to ``READ_AHEAD`` ahead) while the caller applies them.
 
     Reading and applying each take about half of a transfer. When one side is
     a server or a network peer, this process mostly waits on it (the GIL is
@@ -355,10 +367,11 @@ def read_ahead(batches: Generator[Batch, None, None]) -> Generator[Batch, None, 
     """
     wanted: queue.SimpleQueue[bool] = queue.SimpleQueue()
     ready: queue.SimpleQueue[_Read] = queue.SimpleQueue()
+    stopped = threading.Event()
 
     def read() -> None:
         try:
-            while wanted.get():
+            while wanted.get() and not stopped.is_set():
                 try:
                     ready.put((next(batches, None), None))
                 except BaseException as exc:  # handed to the caller, raised there
@@ -368,7 +381,8 @@ def read_ahead(batches: Generator[Batch, None, None]) -> Generator[Batch, None, 
             batches.close()
 
     threading.Thread(target=read, name="erpsync-read", daemon=True).start()
-    wanted.put(True)
+    for _ in range(READ_AHEAD):
+        wanted.put(True)
     try:
         while True:
             batch, error = _next_ready(ready)
@@ -379,6 +393,7 @@ def read_ahead(batches: Generator[Batch, None, None]) -> Generator[Batch, None, 
             wanted.put(True)
             yield batch
     finally:
+        stopped.set()
         wanted.put(False)
 
 

@@ -48,7 +48,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -64,14 +64,25 @@ from erpsync.i18n import tr
 from erpsync.progress import ProgressCallback
 from erpsync.sync import fingerprint, history
 from erpsync.sync.apply import ApplyResult, ConcurrentWrite, PolicyMap
-from erpsync.sync.changeset import ALIVE, BATCH_ROWS, STREAMS, Batch, from_json, plan, read_changes, to_json
+from erpsync.sync.changeset import (
+    ALIVE,
+    BATCH_ROWS,
+    STREAMS,
+    Batch,
+    RowChange,
+    from_json,
+    plan,
+    read_changes,
+    to_json,
+)
 from erpsync.sync.peer import Hello, LocalPeer
 from erpsync.sync.policies import PolicyOverride
 from erpsync.sync.session import RETRIES, SyncSummary, backup_then_begin, policies_of
 from erpsync.transport import PeerAddress
 
-FORMAT = 2
-"""Version of the change files: 2 holds keys referencing other rows as their global ids."""
+FORMAT = 3
+"""Version of the change files: 2 holds keys referencing other rows as their global ids, 3 batches
+column by column (``changeset.to_json``); a file of another format is refused, nothing applied."""
 SUBFOLDER = "erpsync"
 STATE = "node.json"
 STALE_AFTER = timedelta(days=30)
@@ -381,6 +392,15 @@ def scan(file: ChangeFile, entry: Entry) -> Header | None:
                     "update erpsync on this PC",
                     file=file.name,
                     format=head.get("format"),
+                )
+            if _int(head.get("format")) < FORMAT:
+                raise FolderFileCorrupt(
+                    "file {file} was written by an older erpsync (format {format})",
+                    "update erpsync on {name}, then delete the file: "
+                    "{name} writes the changes it held again at its next sync",
+                    file=file.name,
+                    format=head.get("format"),
+                    name=entry.name,
                 )
             if (head.get("node_id"), head.get("since"), head.get("upto")) != (
                 entry.node_id,
@@ -889,7 +909,7 @@ class _Import:
 
 def _find_rows(files: Sequence[ChangeFile], wanted: dict[str, set[str]]) -> list[Batch]:
     """The latest state of the rows ``wanted`` (table → global ids) in each node's files to apply."""
-    latest: dict[tuple[str, str, str], tuple[dict[str, Any], list[Any]]] = {}
+    latest: dict[tuple[str, str, str], tuple[Batch, RowChange]] = {}
     for file in files:
         if file.path is None:
             continue
@@ -900,24 +920,17 @@ def _find_rows(files: Sequence[ChangeFile], wanted: dict[str, set[str]]) -> list
                 for line in lines:
                     if line.startswith(b'{"end"'):
                         continue
-                    data = json.loads(line)
-                    gids = wanted.get(data["table"]) or set()
-                    for row in data["rows"] if gids else ():
-                        if row[0] in gids:
-                            latest[(data["source"], data["table"], row[0])] = (data, row)
+                    batch = from_json(line)
+                    gids = wanted.get(batch.table) or set()
+                    for row in batch.rows if gids else ():
+                        if row.gid in gids:
+                            latest[(batch.source, batch.table, row.gid)] = (batch, row)
         except FileNotFoundError:
             continue
-    grouped: dict[tuple[Any, ...], tuple[dict[str, Any], list[Any]]] = {}
-    for data, row in latest.values():
-        # rows regrouped from several batches share the columns and the node list their clocks index
-        group = (data["source"], data["table"], tuple(data["columns"]), tuple(data["nodes"]))
-        grouped.setdefault(group, ({**data, "rows": []}, []))[1].append(row)
-    out = []
-    for data, rows in grouped.values():
-        batch = from_json(json.dumps({**data, "rows": rows}))
-        batch.batch_id, batch.stream, batch.since, batch.upto = "", ALIVE, 0, 0
-        out.append(batch)
-    return out
+    grouped: dict[tuple[Any, ...], tuple[Batch, list[RowChange]]] = {}
+    for batch, row in latest.values():
+        grouped.setdefault((batch.source, batch.table, batch.columns), (batch, []))[1].append(row)
+    return [replace(b, batch_id="", stream=ALIVE, rows=rows, since=0, upto=0) for b, rows in grouped.values()]
 
 
 # -- one file, and a look at the folder ----------------------------------------------------------------

@@ -18,6 +18,7 @@ import ssl
 import time
 import zlib
 from collections.abc import Callable, Collection, Generator, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -89,6 +90,7 @@ class HttpPeer:
         }
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        self._applies = wire.ApplyRequests(_body)
         self.client = httpx.Client(
             base_url=self.url,
             headers=headers,
@@ -174,8 +176,11 @@ class HttpPeer:
         skip: frozenset[str] = frozenset(),
         loose: frozenset[str] = frozenset(),
     ) -> ApplyResult:
-        request = wire.apply_request(batch, policies, restore=restore, skip=skip, loose=loose)
-        return wire.apply_in(self._call("POST", "/apply", wire.ApplyOut, body=request))
+        body = self._applies.request(batch, policies, restore=restore, skip=skip, loose=loose)
+        return wire.apply_in(self._call("POST", "/apply", wire.ApplyOut, body=body))
+
+    def prepare(self, batch: Batch, policies: PolicyMap) -> None:
+        self._applies.prepare(batch, policies)
 
     def met(self, node_id: str, name: str, url: str | None) -> None:
         self._call("POST", "/met", wire.Done, body=wire.MetIn(node_id=node_id, name=name, url=url))
@@ -198,22 +203,14 @@ class HttpPeer:
         path: str,
         model: type[Model],
         *,
-        body: BaseModel | None = None,
+        body: BaseModel | _Body | None = None,
         params: dict[str, str] | None = None,
     ) -> Model:
         """One request, retried on network errors and 5xx answers, its answer checked against ``model``."""
-        content: bytes | None = None
-        headers = {}
-        if body is not None:
-            content = body.model_dump_json().encode()
-            headers["Content-Type"] = "application/json"
-            if len(content) > GZIP_ABOVE:
-                packer = zlib.compressobj(wire.GZIP_LEVEL, zlib.DEFLATED, 31)
-                content = packer.compress(content) + packer.flush()
-                headers["Content-Encoding"] = "gzip"
+        sent = _Body(None, {}) if body is None else body if isinstance(body, _Body) else _body(body)
         response = self._send(
             lambda: self.client.request(
-                method, wire.PREFIX + path, content=content, params=params, headers=headers
+                method, wire.PREFIX + path, content=sent.content, params=params, headers=sent.headers
             )
         )
         if response.status_code != 200:
@@ -282,6 +279,24 @@ class HttpPeer:
             peer=self.label,
             reason=reason,
         )
+
+
+@dataclass(frozen=True)
+class _Body:
+    """A request body as sent, with its headers."""
+
+    content: bytes | None
+    headers: dict[str, str]
+
+
+def _body(model: BaseModel) -> _Body:
+    """``model`` as JSON, gzip-compressed when larger than ``GZIP_ABOVE``."""
+    content = model.model_dump_json().encode()
+    if len(content) <= GZIP_ABOVE:
+        return _Body(content, {"Content-Type": "application/json"})
+    packer = zlib.compressobj(wire.GZIP_LEVEL, zlib.DEFLATED, 31)
+    content = packer.compress(content) + packer.flush()
+    return _Body(content, {"Content-Type": "application/json", "Content-Encoding": "gzip"})
 
 
 def _port_ok(netloc: str) -> bool:

@@ -205,6 +205,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+    app.state.operations = ops
     errors: dict[int | str, dict[str, Any]] = {
         status: {"model": wire.ErrorOut, "description": text}
         for status, text in (
@@ -450,9 +451,9 @@ def serve(
 ) -> None:
     """Serve node ``db`` until interrupted (Ctrl-C); ``ready`` gets the base URL once listening."""
     check_listen(host, tokens)
-    config = _config(
-        create_app(db, tokens=tokens, max_body=max_body), cert=cert, key=key, log_level=log_level
-    )
+    app = create_app(db, tokens=tokens, max_body=max_body)
+    app.state.operations.warm()
+    config = _config(app, cert=cert, key=key, log_level=log_level)
     try:
         config.load()
     except OSError as exc:  # the certificate or key cannot be read or does not match

@@ -370,6 +370,7 @@ class SshPeer:
         """Held while a request, or a stream of changes, has the connection."""
         self._spare: SshPeer | None = None
         """A second connection, for a request made while a stream of changes is open (a fetch)."""
+        self._applies = wire.ApplyRequests(lambda request: request.model_dump_json().encode())
 
     @property
     def label(self) -> str:
@@ -474,8 +475,11 @@ class SshPeer:
         skip: frozenset[str] = frozenset(),
         loose: frozenset[str] = frozenset(),
     ) -> ApplyResult:
-        request = wire.apply_request(batch, policies, restore=restore, skip=skip, loose=loose)
+        request = self._applies.request(batch, policies, restore=restore, skip=skip, loose=loose)
         return wire.apply_in(self._call("apply", request, wire.ApplyOut))
+
+    def prepare(self, batch: Batch, policies: PolicyMap) -> None:
+        self._applies.prepare(batch, policies)
 
     def met(self, node_id: str, name: str, url: str | None) -> None:
         self._call("met", wire.MetIn(node_id=node_id, name=name, url=url), wire.Done)
@@ -493,7 +497,7 @@ class SshPeer:
 
     # -- requests --------------------------------------------------------------------------------
 
-    def _call(self, op: str, body: BaseModel | None, model: type[Model]) -> Model:
+    def _call(self, op: str, body: BaseModel | bytes | None, model: type[Model]) -> Model:
         """One request and its answer; on a second connection while a stream of changes is open.
 
         The stream's next frames would otherwise be read as the answer: a pull
@@ -516,7 +520,7 @@ class SshPeer:
             self._spare._worked = self._worked  # one connection worked: a failure to open is retried
         return self._spare
 
-    def _ask(self, op: str, body: BaseModel | None, model: type[Model]) -> Model:
+    def _ask(self, op: str, body: BaseModel | bytes | None, model: type[Model]) -> Model:
         """One request and its answer, retried on a new connection when the connection breaks."""
         request = stdio.frame(stdio.REQUEST, _call_text(op, body))
         for attempt in range(self.retries + 1):
@@ -712,10 +716,10 @@ class SshPeer:
         )
 
 
-def _call_text(op: str, body: BaseModel | None) -> bytes:
-    """A ``wire.CallIn`` as JSON, the body serialized once (a batch is large)."""
-    args = body.model_dump_json() if body is not None else "{}"
-    return b'{"op":"' + op.encode() + b'","args":' + args.encode() + b"}"
+def _call_text(op: str, body: BaseModel | bytes | None) -> bytes:
+    """A ``wire.CallIn`` as JSON, the body serialized once (a batch is large; ``bytes``: it is)."""
+    args = body if isinstance(body, bytes) else b"{}" if body is None else body.model_dump_json().encode()
+    return b'{"op":"' + op.encode() + b'","args":' + args + b"}"
 
 
 def _last(lines: list[str]) -> str:

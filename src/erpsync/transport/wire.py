@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import fields
 from datetime import date, datetime, time
 from decimal import Decimal
 from operator import itemgetter
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -249,6 +249,38 @@ def apply_request(
     )
 
 
+Encoded = TypeVar("Encoded")
+
+
+class ApplyRequests(Generic[Encoded]):
+    """Apply requests of batches encoded ahead (``Peer.prepare``), taken once by ``apply``.
+
+    Encoding a batch costs the client about as much as a tenth of the server's
+    apply: done in the session's reading thread, it overlaps the server's work
+    on the batch before instead of following it. Only the first try of a batch
+    (no ``restore``, ``skip`` or ``loose``, the same policies) takes it.
+    """
+
+    def __init__(self, encode: Callable[[ApplyIn], Encoded]) -> None:
+        self.encode = encode
+        self.ready: dict[str, tuple[PolicyMap, Encoded]] = {}
+
+    def prepare(self, batch: Batch, policies: PolicyMap) -> None:
+        """Encode the request that applies ``batch`` under ``policies``."""
+        if batch.batch_id:
+            request = apply_request(batch, policies, restore=False, skip=frozenset(), loose=frozenset())
+            self.ready[batch.batch_id] = (dict(policies), self.encode(request))
+
+    def request(
+        self, batch: Batch, policies: PolicyMap, *, restore: bool, skip: frozenset[str], loose: frozenset[str]
+    ) -> Encoded:
+        """The encoded request that applies ``batch`` so, prepared or made now."""
+        ready = self.ready.pop(batch.batch_id, None)
+        if ready is not None and ready[0] == policies and not (restore or skip or loose):
+            return ready[1]
+        return self.encode(apply_request(batch, policies, restore=restore, skip=skip, loose=loose))
+
+
 def hello_out(hello: Hello) -> HelloOut:
     """A hello as sent."""
     return HelloOut(
@@ -373,18 +405,21 @@ def _batch_problem(batch: Batch) -> str | None:
     rows = batch.rows
     width = len(batch.columns)
     gids = [r.gid for r in rows]
-    if set(map(type, gids)) - {str} or any(not 0 < len(g) <= GID_LENGTH for g in gids):
+    lengths = list(map(len, gids)) if not set(map(type, gids)) - {str} else [0]
+    if lengths and (min(lengths) == 0 or max(lengths) > GID_LENGTH):
         return "every row needs a global id of at most 32 characters"
     present = [r for r in rows if r.values is not None]
     slots = changeset.clock_slots(width)
-    if any(len(r.values or ()) != width or len(r.clocks or ()) != slots for r in present):
+    if set(map(len, [r.values or () for r in present])) - {width} or set(
+        map(len, [r.clocks or () for r in present])
+    ) - {slots}:
         return f"rows present need {width} values and {slots} clocks"
     if any(r.clocks is not None or r.deleted is None for r in rows if r.values is None):
         return "a tombstone has a delete clock and no column clocks"
     if batch.stream == GONE and present:
         return "the tombstone stream holds tombstones only"
     keys = [r.key for r in rows if r.key is not None]
-    if any(not k for k in keys):
+    if () in keys:
         return "a key needs at least one value"
     values = [*_flat([r.values or () for r in present]), *_flat(keys)]
     if not _plain(values):
@@ -403,7 +438,7 @@ def _batch_problem(batch: Batch) -> str | None:
         return "clocks must name nodes by id"
     texts = [batch.batch_id, batch.source, batch.table, batch.sync_id, *batch.columns]
     texts += [*batch.names, *batch.names.values()]
-    texts += [*gids, *nodes, *(v for v in values if type(v) is str)]
+    texts += [*gids, *nodes, *[v for v in values if type(v) is str]]
     joined = "".join(texts)
     try:
         joined.encode()
