@@ -8,6 +8,7 @@ the OpenAPI description.
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import os
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -255,6 +257,24 @@ def test_a_changes_stream_cut_in_the_middle_resumes_after_the_last_batch(tmp_pat
         assert summary.tables["tb_lignecommande"].received == 1200
         assert counts(pc) == counts(hub)
         same(pc, hub)
+
+
+def test_a_client_gone_midway_leaves_the_servers_cycle_collector_on(tmp_path: Path) -> None:
+    # the server pauses Python's cycle collector while it reads and encodes a batch: a stream
+    # the client drops must not leave it off (a long-running server would never free a cycle)
+    with nodes(tmp_path, "sqlite") as (hub,):
+        _lines(hub, 1200)
+        with running(hub) as url, httpx.Client(base_url=url) as client:  # the server is in this process
+            seq = client.get("/v1/hello").json()["seq"]
+            params = {"table": "tb_lignecommande", "stream": 0, "since": 0, "upto": seq, "for_node": "pc"}
+            for _ in range(3):
+                with client.stream("GET", "/v1/changes", params={**params, "batch_rows": 40}) as response:
+                    assert response.status_code == 200
+                    next(response.iter_bytes())
+            deadline = time.monotonic() + 2
+            while not gc.isenabled() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        assert gc.isenabled(), "the cycle collector stayed off after the client went away"
 
 
 def _lines(db: Database, count: int) -> None:

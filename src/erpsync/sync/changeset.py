@@ -155,30 +155,40 @@ def read_changes(
 
     Rows whose state came entirely from ``for_node`` are not sent back to it.
     Each batch is read in a short transaction of its own (keyset pagination on
-    the change sequence), so a long sync never holds a lock on the sender.
+    the change sequence), so a long sync never holds a lock on the sender. The
+    generator keeps no reference to a batch it gave: the receiver's is the only
+    one (see ``wire.batch_lines``).
     """
     start = since
     while start < upto:
-        with node.db.connect() as conn, no_cycle_collection():
-            ids = node.peer_ids(conn)
-            skip = next((no for no, nid in ids.items() if nid == for_node), None)
-            result = conn.execute(_query(table, stream, start, upto, skip, batch_rows))
-            read = _Reader(table, list(result.keys()), ids)
-            rows = result.all()
-            last = rows[-1].seq if len(rows) == batch_rows else upto
-            changes = [c for c in (read(stream, r) for r in rows) if c is not None]
-        yield Batch(
-            batch_id=f"{node.node_id}:{table.key}:{stream}:{start}:{last}",
-            source=node.node_id,
-            table=table.key,
-            stream=stream,
-            columns=tuple(c.key for c in table.columns),
-            rows=changes,
-            since=start,
-            upto=last,
-            names={node.node_id: node.name},
-        )
-        start = last
+        read = [_read_batch(node, table, stream, start, upto, for_node, batch_rows)]
+        start = read[0].upto
+        yield read.pop()
+
+
+def _read_batch(
+    node: Node, table: SyncTable, stream: int, start: int, upto: int, for_node: str | None, batch_rows: int
+) -> Batch:
+    """The batch of ``read_changes`` that starts after ``start``."""
+    with node.db.connect() as conn, no_cycle_collection():
+        ids = node.peer_ids(conn)
+        skip = next((no for no, nid in ids.items() if nid == for_node), None)
+        result = conn.execute(_query(table, stream, start, upto, skip, batch_rows))
+        read = _Reader(table, list(result.keys()), ids)
+        rows = result.all()
+        last = rows[-1].seq if len(rows) == batch_rows else upto
+        changes = [c for c in (read(stream, r) for r in rows) if c is not None]
+    return Batch(
+        batch_id=f"{node.node_id}:{table.key}:{stream}:{start}:{last}",
+        source=node.node_id,
+        table=table.key,
+        stream=stream,
+        columns=tuple(c.key for c in table.columns),
+        rows=changes,
+        since=start,
+        upto=last,
+        names={node.node_id: node.name},
+    )
 
 
 def fetch_rows(node: Node, table: SyncTable, gids: list[str]) -> Batch:

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, MetaData, Table
 
 from erpsync.db import Database
-from erpsync.sync.changeset import no_cycle_collection
 from erpsync.sync.model import SyncTable, UnknownTable
 from erpsync.sync.node import Node
 from erpsync.sync.peer import LocalPeer
@@ -121,7 +120,7 @@ class Operations:
         error response rather than a cut stream.
         """
         peer = self._peer()
-        return _paused(wire.batch_lines(peer.changes(table, stream, since, upto, for_node, batch_rows)))
+        return wire.batch_lines(peer.changes(table, stream, since, upto, for_node, batch_rows))
 
     def fetch(self, request: wire.FetchIn) -> wire.BatchOut:
         """The current state of rows a receiver lacks."""
@@ -202,9 +201,3 @@ _CALLS: dict[str, tuple[type[BaseModel] | None, _Method]] = {
     "verify": (wire.VerifyIn, Operations.verify),
 }
 """Each operation a ``wire.CallIn`` names: the model of its arguments, and the method answering it."""
-
-
-def _paused(lines: Iterator[bytes]) -> Iterator[bytes]:
-    """``lines`` with the cycle collector paused until the stream ends (see ``no_cycle_collection``)."""
-    with no_cycle_collection():
-        yield from lines

@@ -35,7 +35,7 @@ from erpsync.errors import (
 from erpsync.i18n import tr
 from erpsync.sync import changeset
 from erpsync.sync.apply import ApplyResult, ConcurrentWrite, PolicyMap
-from erpsync.sync.changeset import BATCH_ROWS, GONE, Batch, Cursors
+from erpsync.sync.changeset import BATCH_ROWS, GONE, Batch, Cursors, no_cycle_collection
 from erpsync.sync.meta import GID_LENGTH, SYNC_ID_LENGTH
 from erpsync.sync.model import SyncTable
 from erpsync.sync.node import NotANode, SchemaChanged
@@ -347,10 +347,22 @@ def batch_text(batch: Batch) -> str:
     return changeset.to_json(batch)
 
 
-def batch_lines(batches: Iterable[Batch]) -> Iterator[bytes]:
-    """The changes stream: one batch per line (``to_json`` escapes every newline inside strings)."""
-    for batch in batches:
-        yield changeset.to_json(batch).encode() + b"\n"
+def batch_lines(batches: Iterator[Batch]) -> Iterator[bytes]:
+    """The changes stream: one batch per line (``to_json`` escapes every newline inside strings).
+
+    The cycle collector is paused while each batch is read and encoded, not across the yields:
+    a client gone midway leaves the stream unclosed, and the collector must not stay off with
+    it. The reader keeps no reference to a batch it gave (``read_changes``), so the batch is
+    freed inside the pause and turning the collector on again does not walk it.
+    """
+    while True:
+        with no_cycle_collection():
+            batch = next(batches, None)
+            if batch is None:
+                return
+            line = changeset.to_json(batch).encode() + b"\n"
+            del batch
+        yield line
 
 
 _flat = itertools.chain.from_iterable
