@@ -300,9 +300,7 @@ class _Apply(Inserts):
             rows = self._loosen(rows, local)
         inserts: list[tuple[RowChange, Mapping[str, Any] | None, bool]] = []
         merges: list[tuple[RowChange, Mapping[str, Any]]] = []
-        if not local:  # rows all new here (a first sync): nothing to sort
-            inserts = [(r, None, False) for r in rows]
-        for r in rows if local else ():
+        for r in rows:
             mine = local.get(r.gid)
             if mine is None:
                 inserts.append((r, None, False))
@@ -323,9 +321,7 @@ class _Apply(Inserts):
         fresh = [r for r, mine, restamp in inserts if mine is None and not restamp]
         if fresh and not self.table.self_refs:
             done = self._fast_inserts(fresh, refs)
-            inserts = (
-                [item for item in inserts if item[0].gid not in done] if len(done) < len(inserts) else []
-            )
+            inserts = [item for item in inserts if item[0].gid not in done]
             if self.receipt is not None:
                 self.receipt.added(done)
         incoming = self._merge(merges, refs)

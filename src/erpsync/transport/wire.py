@@ -417,21 +417,18 @@ def _batch_problem(batch: Batch) -> str | None:
     rows = batch.rows
     width = len(batch.columns)
     gids = [r.gid for r in rows]
-    lengths = list(map(len, gids)) if not set(map(type, gids)) - {str} else [0]
-    if lengths and (min(lengths) == 0 or max(lengths) > GID_LENGTH):
+    if set(map(type, gids)) - {str} or any(not 0 < len(g) <= GID_LENGTH for g in gids):
         return "every row needs a global id of at most 32 characters"
     present = [r for r in rows if r.values is not None]
     slots = changeset.clock_slots(width)
-    if set(map(len, [r.values or () for r in present])) - {width} or set(
-        map(len, [r.clocks or () for r in present])
-    ) - {slots}:
+    if any(len(r.values or ()) != width or len(r.clocks or ()) != slots for r in present):
         return f"rows present need {width} values and {slots} clocks"
     if any(r.clocks is not None or r.deleted is None for r in rows if r.values is None):
         return "a tombstone has a delete clock and no column clocks"
     if batch.stream == GONE and present:
         return "the tombstone stream holds tombstones only"
     keys = [r.key for r in rows if r.key is not None]
-    if () in keys:
+    if any(not k for k in keys):
         return "a key needs at least one value"
     values = [*_flat([r.values or () for r in present]), *_flat(keys)]
     if not _plain(values):
@@ -450,7 +447,7 @@ def _batch_problem(batch: Batch) -> str | None:
         return "clocks must name nodes by id"
     texts = [batch.batch_id, batch.source, batch.table, batch.sync_id, *batch.columns]
     texts += [*batch.names, *batch.names.values()]
-    texts += [*gids, *nodes, *[v for v in values if type(v) is str]]
+    texts += [*gids, *nodes, *(v for v in values if type(v) is str)]
     joined = "".join(texts)
     try:
         joined.encode()
