@@ -138,6 +138,49 @@ def test_a_malformed_batch_is_refused_with_one_line(change: Any) -> None:
     assert message.startswith("the batch is not valid: ") and "\n" not in message
 
 
+def _column(data: dict[str, Any], part: str, i: int, column: Any) -> None:
+    data[part]["columns"][i] = column
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda d: _column(d, "values", 0, [["PRJ-1"], "PRJ-3"]), "values must be text, numbers"),
+        (lambda d: _column(d, "values", 0, [{"$f": "inf"}, "PRJ-3"]), "values must be text, numbers"),
+        (lambda d: _column(d, "keys", 0, [2**63, 3]), "values must be text, numbers"),
+        (lambda d: _column(d, "values", 0, ["PRJ\x00", "PRJ-3"]), "text must not hold NUL characters"),
+        (lambda d: _column(d, "values", 0, ["\ud800", None]), "text must be valid Unicode"),
+        (lambda d: d["values"]["columns"].append([1, 2]), "rows present need 2 values and 2 clocks"),
+        (lambda d: d["keys"].update(columns=[]), "a key needs at least one value"),
+        (lambda d: d.update(stream=GONE), "the tombstone stream holds tombstones only"),
+        (lambda d: d["gids"].__setitem__(0, "g" * 33), "every row needs a global id of at most 32"),
+        (lambda d: d["nodes"].__setitem__(0, "n" * 37), "clocks must name nodes by id"),
+        (lambda d: d["clocks"].update(hlc=["5", None]), "clocks must be whole numbers"),
+        (lambda d: d["clocks"]["mixed"][0][1].__setitem__(0, 2**63), "clocks must be whole numbers"),
+        (lambda d: d["deleted"].update(hlc=[-1]), "clocks must be whole numbers"),
+    ],
+    ids=[
+        "a list as a value",
+        "an infinite float",
+        "a key beyond 64 bits",
+        "NUL in a text",
+        "a lone surrogate",
+        "a column too many",
+        "a key of no value",
+        "a row present among tombstones",
+        "a global id too long",
+        "a node id too long",
+        "a clock as text",
+        "a mixed clock beyond 63 bits",
+        "a negative delete clock",
+    ],
+)
+def test_a_server_refuses_what_the_databases_cannot_store(change: Any, reason: str) -> None:
+    with pytest.raises(ErpSyncError) as refused:
+        wire.read_batch(_broken(change))
+    assert str(refused.value).startswith(f"the batch is not valid: {reason}")
+
+
 def test_values_of_every_type_survive_a_server_check() -> None:
     batch = _sample()
     batch.rows[0] = RowChange(

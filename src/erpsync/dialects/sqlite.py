@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
+from itertools import chain
 from typing import Any, ClassVar
 
-from sqlalchemy import Engine, String, create_engine, event, func
+from sqlalchemy import Engine, String, Table, create_engine, event, func
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 
-from erpsync.dialects.base import Dialect, first_line
+from erpsync.dialects.base import Dialect, column_list, execute_many, first_line
 from erpsync.errors import DatabaseError, ErpSyncError
 
 # The driver has no adapter for Decimal; text keeps the exact value and SQLite's
@@ -57,6 +58,32 @@ class SQLite(Dialect):
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
         return engine
+
+    max_values: ClassVar[int] = 999
+    """Bound values one statement may hold on any SQLite (999 before 3.32, 32,766 since)."""
+
+    def bulk_insert(
+        self, conn: Connection, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> int:
+        """Multi-row ``INSERT``s of up to ``max_values`` values, the rest one row a statement.
+
+        ``executemany`` of a one-row ``INSERT`` runs the statement, and lets go
+        of the GIL and takes it back, once a row: a few rows a statement make a
+        bulk load a third faster.
+        """
+        batch = list(rows)
+        width = len(columns)
+        per = max(1, self.max_values // width)
+        whole = len(batch) - len(batch) % per if per > 1 else 0
+        target = column_list(conn, table, columns)
+        if whole:
+            values = list(chain.from_iterable(batch[:whole]))
+            row = f"({', '.join([self.paramstyle_mark] * width)})"
+            sql = f"INSERT INTO {target} VALUES {', '.join([row] * per)}"
+            execute_many(conn, sql, [values[i : i + per * width] for i in range(0, len(values), per * width)])
+        if whole < len(batch):
+            execute_many(conn, self.insert_sql(target, width), batch[whole:])
+        return len(batch)
 
     def zero_pad(self, number: ColumnElement[Any], width: int) -> ColumnElement[str]:
         return func.printf(f"%0{width}d", number, type_=String)

@@ -251,7 +251,10 @@ def values_at(keys: Sequence[Any]) -> Callable[[Any], tuple[Any, ...]]:
     (``itemgetter`` gives a bare value for one key)."""
     if len(keys) > 1:
         return itemgetter(*keys)
-    return lambda row: tuple(row[k] for k in keys)
+    if keys:
+        (key,) = keys
+        return lambda row: (row[key],)
+    return lambda row: ()
 
 
 def same_keys(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -33,6 +33,7 @@ import orjson
 from sqlalchemy import and_, or_, select, text
 from sqlalchemy.sql.elements import ColumnElement
 
+from erpsync.dialects.base import fetch_all
 from erpsync.sync.capture import fold, values_at
 from erpsync.sync.hlc import Stamp
 from erpsync.sync.meta import NODE, shadow_name
@@ -173,10 +174,9 @@ def _read_batch(
     with node.db.connect() as conn, no_cycle_collection():
         ids = node.peer_ids(conn)
         skip = next((no for no, nid in ids.items() if nid == for_node), None)
-        result = conn.execute(_query(table, stream, start, upto, skip, batch_rows))
-        read = _Reader(table, list(result.keys()), ids)
-        rows = result.all()
-        last = rows[-1].seq if len(rows) == batch_rows else upto
+        keys, rows = fetch_all(conn, _query(table, stream, start, upto, skip, batch_rows))
+        read = _Reader(table, keys, ids)
+        last = rows[-1][keys.index("seq")] if len(rows) == batch_rows else upto
         changes = [c for c in (read(stream, r) for r in rows) if c is not None]
     return Batch(
         batch_id=f"{node.node_id}:{table.key}:{stream}:{start}:{last}",
@@ -196,10 +196,10 @@ def fetch_rows(node: Node, table: SyncTable, gids: list[str]) -> Batch:
     with node.db.connect() as conn:
         ids = node.peer_ids(conn)
         s = table.shadow
-        result = conn.execute(_query(table, None, 0, 0, None, None).where(s.c.gid.in_(gids)))
-        read = _Reader(table, list(result.keys()), ids)
-        rows = result.all()
-    changes = [c for c in (read(GONE if r.deleted else ALIVE, r) for r in rows) if c is not None]
+        keys, rows = fetch_all(conn, _query(table, None, 0, 0, None, None).where(s.c.gid.in_(gids)))
+        read = _Reader(table, keys, ids)
+    deleted = keys.index("deleted")
+    changes = [c for c in (read(GONE if r[deleted] else ALIVE, r) for r in rows) if c is not None]
     return Batch(
         batch_id="",
         source=node.node_id,
@@ -248,14 +248,17 @@ class _Reader:
         at = {k: i for i, k in enumerate(keys)}
         self.ids = ids
         self.width = len(table.columns)
+        self.slots = clock_slots(self.width)
         self.gid, self.dh, self.dn, self.ds, self.vv = (at[k] for k in ("gid", "dh", "dn", "ds", "vv"))
         self.bh, self.bn = at["bh"], at["bn"]
         self.key = values_at([at[f"a_g{i}"] if k.ref else at[f"a_k{i}"] for i, k in enumerate(table.keys)])
-        self.values = values_at([at[f"v{i}"] for i in range(self.width)])
+        # a reference travels as the global id of the row it names
+        self.values = values_at([at[f"g{i}" if c.ref else f"v{i}"] for i, c in enumerate(table.columns)])
         self.clocks = [(at[f"c{i}"], at[f"n{i}"]) for i in range(self.width)]
         self.clock_values = values_at([at[f"c{i}"] for i in range(self.width)])
-        self.slots = clock_slots(self.width)
-        self.refs = [(i, at[f"v{i}"], at[f"g{i}"]) for i, c in enumerate(table.columns) if c.ref is not None]
+        refs = [i for i, c in enumerate(table.columns) if c.ref is not None]
+        self.ref_values = values_at([at[f"v{i}"] for i in refs]) if refs else None
+        self.ref_gids = values_at([at[f"g{i}"] for i in refs])
 
     def __call__(self, stream: int, row: Sequence[Any]) -> RowChange | None:
         ids = self.ids
@@ -266,22 +269,19 @@ class _Reader:
         if None in key:
             return None  # deleted since the last fold (its tombstone goes next time), or references
             # a row not folded yet (sent once it is)
-        values = self.values(row)
-        if self.refs:
-            changed = list(values)
-            for i, value_at, gid_at in self.refs:
-                if row[value_at] is not None:
-                    changed[i] = row[gid_at]
-                    if changed[i] is None:
-                        return None  # references a row not folded yet: sent once it is
-            values = tuple(changed)
-        base = Stamp(row[self.bh], ids[row[self.bn]]) if row[self.bh] is not None else Stamp(0, "")
+        if self.ref_values and self.ref_values(row).count(None) != self.ref_gids(row).count(None):
+            return None  # references a row not folded yet: sent once it is
+        base = Stamp(row[self.bh], ids[row[self.bn]]) if row[self.bh] is not None else _NO_CLOCK
         if self.clock_values(row).count(None) == self.width:
             clocks: tuple[Stamp, ...] = (base,) * self.slots
         else:
             clocks = tuple(Stamp(row[c], ids[row[n]]) if row[c] is not None else base for c, n in self.clocks)
         versions = parse_versions(row[self.vv], ids) if row[self.vv] else None
-        return RowChange(row[self.gid], key, values, clocks, deleted, None, versions)
+        return RowChange(row[self.gid], key, self.values(row), clocks, deleted, None, versions)
+
+
+_NO_CLOCK = Stamp(0, "")
+"""The clock of a row present before its node was set up."""
 
 
 # -- JSON, for transports ------------------------------------------------------------------------
@@ -411,7 +411,8 @@ def dumps(document: dict[str, Any]) -> str:
         return json.dumps(document, separators=(",", ":"))
 
 
-def _loads(text: str | bytes) -> Any:
+def loads(text: str | bytes) -> Any:
+    """A JSON document, by orjson where it can."""
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:  # lone surrogates: read, for the receiver's checks to refuse
@@ -498,10 +499,11 @@ def _wire_column(column: Sequence[Any]) -> Any:
 def from_json(text: str | bytes) -> Batch:
     """A batch read back from ``to_json`` (a malformed one raises ValueError, KeyError, TypeError…)."""
     with no_cycle_collection():
-        return _batch(_loads(text))
+        return batch_of(loads(text))
 
 
-def _batch(data: Any) -> Batch:
+def batch_of(data: Any) -> Batch:
+    """The batch a JSON document read by ``loads`` holds (a malformed one raises, as ``from_json``)."""
     nodes = data["nodes"]
     width = len(data["columns"])
     gids = data["gids"]
