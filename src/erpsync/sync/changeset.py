@@ -33,8 +33,8 @@ import orjson
 from sqlalchemy import and_, or_, select, text
 from sqlalchemy.sql.elements import ColumnElement
 
-from erpsync.dialects.base import fetch_all
-from erpsync.sync.capture import fold, values_at
+from erpsync.dialects.base import fetch_columns
+from erpsync.sync.capture import fold
 from erpsync.sync.hlc import Stamp
 from erpsync.sync.meta import NODE, shadow_name
 from erpsync.sync.model import SyncTable, dependency_order, parents_of
@@ -174,10 +174,10 @@ def _read_batch(
     with node.db.connect() as conn, no_cycle_collection():
         ids = node.peer_ids(conn)
         skip = next((no for no, nid in ids.items() if nid == for_node), None)
-        keys, rows = fetch_all(conn, _query(table, stream, start, upto, skip, batch_rows))
-        read = _Reader(table, keys, ids)
-        last = rows[-1][keys.index("seq")] if len(rows) == batch_rows else upto
-        changes = [c for c in (read(stream, r) for r in rows) if c is not None]
+        columns = fetch_columns(conn, _query(table, stream, start, upto, skip, batch_rows))
+        seqs = columns["seq"]
+        last = seqs[-1] if len(seqs) == batch_rows else upto
+        changes = _changes(table, columns, ids, stream)
     return Batch(
         batch_id=f"{node.node_id}:{table.key}:{stream}:{start}:{last}",
         source=node.node_id,
@@ -196,10 +196,8 @@ def fetch_rows(node: Node, table: SyncTable, gids: list[str]) -> Batch:
     with node.db.connect() as conn:
         ids = node.peer_ids(conn)
         s = table.shadow
-        keys, rows = fetch_all(conn, _query(table, None, 0, 0, None, None).where(s.c.gid.in_(gids)))
-        read = _Reader(table, keys, ids)
-    deleted = keys.index("deleted")
-    changes = [c for c in (read(GONE if r[deleted] else ALIVE, r) for r in rows) if c is not None]
+        columns = fetch_columns(conn, _query(table, None, 0, 0, None, None).where(s.c.gid.in_(gids)))
+    changes = _changes(table, columns, ids, None)
     return Batch(
         batch_id="",
         source=node.node_id,
@@ -241,43 +239,63 @@ def _query(
     return query.limit(limit) if limit else query
 
 
-class _Reader:
-    """Turns result rows of ``_query`` into ``RowChange``s, by column position (the hot loop of a send)."""
+def _changes(
+    table: SyncTable, columns: dict[str, Sequence[Any]], ids: dict[int, str], stream: int | None
+) -> list[RowChange]:
+    """The ``RowChange``s of the result of ``_query``, built column by column (the hot loop of a send).
 
-    def __init__(self, table: SyncTable, keys: Sequence[str], ids: dict[int, str]) -> None:
-        at = {k: i for i, k in enumerate(keys)}
-        self.ids = ids
-        self.width = len(table.columns)
-        self.slots = clock_slots(self.width)
-        self.gid, self.dh, self.dn, self.ds, self.vv = (at[k] for k in ("gid", "dh", "dn", "ds", "vv"))
-        self.bh, self.bn = at["bh"], at["bn"]
-        self.key = values_at([at[f"a_g{i}"] if k.ref else at[f"a_k{i}"] for i, k in enumerate(table.keys)])
-        # a reference travels as the global id of the row it names
-        self.values = values_at([at[f"g{i}" if c.ref else f"v{i}"] for i, c in enumerate(table.columns)])
-        self.clocks = [(at[f"c{i}"], at[f"n{i}"]) for i in range(self.width)]
-        self.clock_values = values_at([at[f"c{i}"] for i in range(self.width)])
-        refs = [i for i, c in enumerate(table.columns) if c.ref is not None]
-        self.ref_values = values_at([at[f"v{i}"] for i in refs]) if refs else None
-        self.ref_gids = values_at([at[f"g{i}"] for i in refs])
+    ``stream`` is the stream read (``None``: each row's own, as ``fetch_rows``
+    reads both). A row present is left out when its key or a reference names a
+    row not folded yet (it goes once it is) or it was deleted since the last
+    fold (its tombstone goes next time).
+    """
+    gids = columns["gid"]
+    n, width = len(gids), len(table.columns)
+    deleted = _stamps(columns["dh"], columns["dn"], ids, None)
+    gone = [stream == GONE] * n if stream is not None else [bool(d) for d in columns["deleted"]]
+    keys = list(
+        zip(*[columns[f"a_g{i}" if k.ref else f"a_k{i}"] for i, k in enumerate(table.keys)], strict=True)
+    )
+    # a reference travels as the global id of the row it names
+    values = list(
+        zip(*[columns[f"g{i}" if c.ref else f"v{i}"] for i, c in enumerate(table.columns)], strict=True)
+    )
+    base = _stamps(columns["bh"], columns["bn"], ids, _NO_CLOCK)
+    slots = clock_slots(width)
+    clocks = [(b,) * slots for b in base]
+    stamped = [(i, _stamps(columns[f"c{i}"], columns[f"n{i}"], ids, None)) for i in range(width)]
+    stamped = [(i, column) for i, column in stamped if column.count(None) < n]
+    for j in sorted({j for _, column in stamped for j, stamp in enumerate(column) if stamp is not None}):
+        own = {i: column[j] for i, column in stamped}
+        clocks[j] = tuple(own.get(i) or base[j] for i in range(width))
+    left_out = [None in key for key in keys]
+    for i, column in enumerate(table.columns):
+        if column.ref is not None:  # references a row not folded yet
+            named = zip(columns[f"v{i}"], columns[f"g{i}"], strict=True)
+            left_out = [
+                out or (v is not None and g is None) for out, (v, g) in zip(left_out, named, strict=True)
+            ]
+    vv = columns["vv"]
+    versions = [None] * n if vv.count(None) == n else [parse_versions(v, ids) if v else None for v in vv]
+    seen = columns["ds"]
+    return [
+        RowChange(gid, None, None, None, tombstone, ds)
+        if is_gone
+        else RowChange(gid, key, row, clock, tombstone, None, version)
+        for gid, is_gone, out, key, row, clock, tombstone, ds, version in zip(
+            gids, gone, left_out, keys, values or [()] * n, clocks, deleted, seen, versions, strict=True
+        )
+        if is_gone or not out
+    ]
 
-    def __call__(self, stream: int, row: Sequence[Any]) -> RowChange | None:
-        ids = self.ids
-        deleted = Stamp(row[self.dh], ids[row[self.dn]]) if row[self.dh] is not None else None
-        if stream == GONE:
-            return RowChange(row[self.gid], None, None, None, deleted, row[self.ds])
-        key = self.key(row)
-        if None in key:
-            return None  # deleted since the last fold (its tombstone goes next time), or references
-            # a row not folded yet (sent once it is)
-        if self.ref_values and self.ref_values(row).count(None) != self.ref_gids(row).count(None):
-            return None  # references a row not folded yet: sent once it is
-        base = Stamp(row[self.bh], ids[row[self.bn]]) if row[self.bh] is not None else _NO_CLOCK
-        if self.clock_values(row).count(None) == self.width:
-            clocks: tuple[Stamp, ...] = (base,) * self.slots
-        else:
-            clocks = tuple(Stamp(row[c], ids[row[n]]) if row[c] is not None else base for c, n in self.clocks)
-        versions = parse_versions(row[self.vv], ids) if row[self.vv] else None
-        return RowChange(row[self.gid], key, self.values(row), clocks, deleted, None, versions)
+
+def _stamps(
+    hlcs: Sequence[Any], numbers: Sequence[Any], ids: dict[int, str], missing: Stamp | None
+) -> list[Any]:
+    """A column of clocks (``missing`` where there is none)."""
+    if hlcs.count(None) == len(hlcs):
+        return [missing] * len(hlcs)
+    return [missing if h is None else Stamp(h, ids[k]) for h, k in zip(hlcs, numbers, strict=True)]
 
 
 _NO_CLOCK = Stamp(0, "")
@@ -403,12 +421,12 @@ def no_cycle_collection() -> Iterator[None]:
         gc.enable()
 
 
-def dumps(document: dict[str, Any]) -> str:
-    """JSON text, by orjson where it can."""
+def dumps(document: dict[str, Any]) -> bytes:
+    """JSON as UTF-8, by orjson where it can (bytes: what a stream, a file or zlib takes)."""
     try:
-        return orjson.dumps(document).decode()
+        return orjson.dumps(document)
     except TypeError:  # what orjson does not write (lone surrogates): the standard library does
-        return json.dumps(document, separators=(",", ":"))
+        return json.dumps(document, separators=(",", ":")).encode()
 
 
 def loads(text: str | bytes) -> Any:
@@ -419,8 +437,8 @@ def loads(text: str | bytes) -> Any:
         return json.loads(text)
 
 
-def to_json(batch: Batch) -> str:
-    """A batch as JSON text (decimals, dates and bytes tagged so they come back exact)."""
+def to_json(batch: Batch) -> bytes:
+    """A batch as JSON (decimals, dates and bytes tagged so they come back exact)."""
     with no_cycle_collection():
         return dumps(_document(batch))
 

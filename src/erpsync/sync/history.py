@@ -318,7 +318,7 @@ class Receipt:
 
 
 def _compressed(data: dict[str, Any]) -> bytes:
-    return zlib.compress(dumps(data).encode(), 1)
+    return zlib.compress(dumps(data), 1)
 
 
 def before_images(rows: TableRows, keys: Sequence[Key]) -> dict[Key, tuple[Key, tuple[Any, ...]]]:

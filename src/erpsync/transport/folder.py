@@ -333,7 +333,7 @@ def _write_changes(
             with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=5, mtime=0) as gz:
                 gz.write(_line(header))
                 for batch in batches:
-                    gz.write(to_json(batch).encode() + b"\n")
+                    gz.write(to_json(batch) + b"\n")
                     count += 1
                     rows += len(batch.rows)
                 gz.write(_line({"end": True, "batches": count, "rows": rows}))

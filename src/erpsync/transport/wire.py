@@ -343,7 +343,7 @@ def verify_in(data: VerifyOut) -> Sums:
 
 def batch_text(batch: Batch) -> str:
     """A batch as it travels."""
-    return changeset.to_json(batch)
+    return changeset.to_json(batch).decode()
 
 
 def batch_lines(batches: Iterator[Batch]) -> Iterator[bytes]:
@@ -359,7 +359,7 @@ def batch_lines(batches: Iterator[Batch]) -> Iterator[bytes]:
             batch = next(batches, None)
             if batch is None:
                 return
-            line = changeset.to_json(batch).encode() + b"\n"
+            line = changeset.to_json(batch) + b"\n"
             del batch
         yield line
 
@@ -369,7 +369,7 @@ _VALUE_TYPES = frozenset({str, int, float, bool, Decimal, datetime, date, time, 
 _INT64 = 2**63
 
 
-def read_batch(text: str) -> Batch:
+def read_batch(text: str | bytes) -> Batch:
     """A batch from its text, checked: a malformed one is refused before anything is applied.
 
     ``from_json`` trusts its input (it reads what ``to_json`` wrote); a server
