@@ -330,6 +330,9 @@ def test_refused_requests_get_a_4xx_and_apply_nothing(tmp_path: Path) -> None:
                 "reference not a global id": client.post(
                     "/v1/apply", json={"batch": _with_value(batch, "fkcreateur", 12)}, headers=good
                 ),
+                "key too long": client.post(
+                    "/v1/apply", json={"batch": _with_key_column(batch)}, headers=good
+                ),
                 "unknown policy": client.post(
                     "/v1/apply", json={"batch": batch, "policies": {"": "gagnant"}}, headers=good
                 ),
@@ -359,6 +362,7 @@ def test_refused_requests_get_a_4xx_and_apply_nothing(tmp_path: Path) -> None:
             "broken batch": 422,
             "batch of nonsense": 422,
             "reference not a global id": 422,
+            "key too long": 422,
             "unknown policy": 422,
             "oversized": 413,
             "gzip bomb": 413,
@@ -374,9 +378,19 @@ def test_refused_requests_get_a_4xx_and_apply_nothing(tmp_path: Path) -> None:
         assert refused["oversized"].json()["error"] == "the request body exceeds 65536 bytes"
         assert refused["unknown route"].json()["error"] == "no route GET /v1/nothing-here"
         assert refused["batch of nonsense"].json()["error"].startswith("table tb_inconnue is not synced by ")
+        assert (
+            refused["reference not a global id"].json()["error"].endswith(": references must be global ids")
+        )
+        assert refused["key too long"].json()["error"].endswith("rows of tb_projet have keys of 1 values")
         assert nothing_applied
         assert accepted.status_code == 200 and accepted.json()["inserted"] == 1
         assert counts(hub)["tb_Projet"] == before["tb_Projet"] + 1
+
+
+def _with_key_column(batch: str) -> str:
+    data = json.loads(batch)
+    data["keys"]["columns"].append([7])
+    return json.dumps(data)
 
 
 def _with_value(batch: str, column: str, new: Any) -> str:

@@ -24,7 +24,7 @@ from erpsync.sync.policies import POLICIES
 DEFAULT_PATH = Path("erpsync.toml")
 DEFAULT_SERVE_PORT = 8765
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
-"""A request to ``erpsync serve`` larger than this (decompressed) gets 413; a 5,000-row batch is a few MB."""
+"""A request to ``erpsync serve`` larger than this (decompressed) gets 413; a 10,000-row batch is a few MB."""
 PEER_SCHEMES = ("http", "https", "ssh", "file", "sqlite", "mysql", "mariadb", "postgresql", "postgres")
 
 

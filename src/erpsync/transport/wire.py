@@ -468,24 +468,26 @@ def _clock_values(data: dict[str, Any]) -> list[Any]:
 def check_fits(batch: Batch, table: SyncTable) -> None:
     """Refuse a batch whose keys or references do not fit ``table`` (checked before it is applied)."""
     width = len(table.keys)
-    if any(
-        (r.key is None and r.values is not None) or (r.key is not None and len(r.key) != width)
-        for r in batch.rows
-    ):
+    keys = [r.key or () for r in batch.rows if r.key is not None or r.values is not None]
+    if set(map(len, keys)) - {width}:  # a row present without a key has one of no value
         raise _malformed(
             "the batch is not valid: {reason}", reason=f"rows of {table.key} have keys of {width} values"
         )
     refs = {c.key for c in table.columns if c.ref is not None}
-    at = [i for i, name in enumerate(batch.columns) if isinstance(name, str) and name.lower() in refs]
-    for r in batch.rows:
-        if r.values is not None and any(not _gid_or_none(r.values[i]) for i in at):
+    present = [r.values for r in batch.rows if r.values is not None]
+    for i, name in enumerate(batch.columns):
+        if isinstance(name, str) and name.lower() in refs and not _gids_or_none([v[i] for v in present]):
+            row = next(r for r in batch.rows if r.values is not None and not _gids_or_none([r.values[i]]))
             raise _malformed(
-                "the batch is not valid: {reason}", reason=f"row {r.gid}: references must be global ids"
+                "the batch is not valid: {reason}", reason=f"row {row.gid}: references must be global ids"
             )
 
 
-def _gid_or_none(value: Any) -> bool:
-    return value is None or (type(value) is str and 0 < len(value) <= GID_LENGTH)
+def _gids_or_none(column: list[Any]) -> bool:
+    """Whether every value of a column is a global id or null."""
+    if set(map(type, column)) - {str, type(None)} or "" in column:
+        return False
+    return max(map(len, filter(None, column)), default=0) <= GID_LENGTH
 
 
 def _plain(column: Sequence[Any], texts: list[str]) -> bool:
