@@ -378,7 +378,7 @@ def fetch_columns(conn: Connection, statement: sa.Select[Any]) -> dict[str, Sequ
 
     The driver's tuples are taken from the cursor and turned into columns, then
     the column types' result conversions (SQLite's decimals and dates) run on
-    whole columns: half the cost of building a ``Row`` a row.
+    whole columns: about half the time SQLAlchemy takes to build a ``Row`` a row.
     """
     result = conn.execute(statement)
     try:

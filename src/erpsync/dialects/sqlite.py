@@ -72,6 +72,8 @@ class SQLite(Dialect):
         bulk load a third faster.
         """
         batch = list(rows)
+        if not batch:
+            return 0
         width = len(columns)
         per = max(1, self.max_values // width)
         whole = len(batch) - len(batch) % per if per > 1 else 0

@@ -277,8 +277,8 @@ def _changes(
         own = {i: column[j] for i, column in stamped}
         clocks[j] = tuple(own.get(i) or base[j] for i in range(width))
     left_out = [None in key for key in keys]
-    for i, column in enumerate(table.columns):
-        if column.ref is not None:  # references a row not folded yet
+    for i, spec in enumerate(table.columns):
+        if spec.ref is not None:  # references a row not folded yet
             named = zip(columns[f"v{i}"], columns[f"g{i}"], strict=True)
             left_out = [
                 out or (v is not None and g is None) for out, (v, g) in zip(left_out, named, strict=True)
