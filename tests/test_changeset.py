@@ -181,6 +181,13 @@ def test_a_server_refuses_what_the_databases_cannot_store(change: Any, reason: s
     assert str(refused.value).startswith(f"the batch is not valid: {reason}")
 
 
+def test_a_server_whose_engine_stores_nul_takes_it_in_values_never_in_ids() -> None:
+    text = _broken(lambda d: _column(d, "values", 0, ["avant\x00après", "PRJ-3"]))
+    assert wire.read_batch(text, nul=True).rows[0].values == ("avant\x00après", Decimal("10.50"))
+    with pytest.raises(ErpSyncError, match="text must not hold NUL characters"):
+        wire.read_batch(_broken(lambda d: d["gids"].__setitem__(0, "g\x001")), nul=True)
+
+
 def test_values_of_every_type_survive_a_server_check() -> None:
     batch = _sample()
     batch.rows[0] = RowChange(

@@ -31,7 +31,7 @@ from click.testing import CliRunner
 
 from erpsync.cli import cli
 from erpsync.db import Database
-from erpsync.errors import InvalidArgument
+from erpsync.errors import ErpSyncError, InvalidArgument
 from erpsync.sync import changeset
 from erpsync.sync.node import Node
 from erpsync.sync.peer import PROTOCOL, LocalPeer
@@ -189,6 +189,23 @@ def test_three_nodes_converge_through_a_hub_over_http(hub_engine: str, tmp_path:
             assert value(db, "SELECT Statut FROM tb_Commande WHERE NumCommande = :n", n=order) == "Annulée"
             assert value(db, "SELECT Email FROM tb_Client WHERE Code = :c", c=_code(hub)) == "pc2@exemple.fr"
             assert value(db, "SELECT count(*) FROM tb_Projet WHERE NumProjet = 'PRJ-PC1'") == 1
+
+
+@pytest.mark.parametrize("hub_engine", ["sqlite", "mariadb", "postgresql"])
+def test_text_holding_nul_goes_over_http_to_an_engine_that_stores_it(hub_engine: str, tmp_path: Path) -> None:
+    """SQLite and MariaDB store NUL in text, as a direct sync carries it; PostgreSQL refuses it."""
+    with nodes(tmp_path, hub_engine, "sqlite") as (hub, pc), running(hub, tokens=TOKENS) as url:
+        sync(pc, PeerAddress(url, TOKENS["pc1"]))
+        add_project(pc, "PRJ-NUL")
+        execute(pc, "UPDATE tb_Projet SET Libelle = :t WHERE NumProjet = 'PRJ-NUL'", t="avant\x00après")
+        found = "SELECT Libelle FROM tb_Projet WHERE NumProjet = 'PRJ-NUL'"
+        if hub_engine == "postgresql":
+            with pytest.raises(ErpSyncError, match="text must not hold NUL characters"):
+                sync(pc, PeerAddress(url, TOKENS["pc1"]))
+            assert rows(hub, found) == []
+        else:
+            sync(pc, PeerAddress(url, TOKENS["pc1"]))
+            assert value(hub, found) == "avant\x00après"
 
 
 def _code(db: Database) -> str:

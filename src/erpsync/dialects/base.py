@@ -315,6 +315,9 @@ class Dialect:
         """Log ``conn``'s writes again; call before the transaction ends."""
         raise NotImplementedError
 
+    stores_nul: ClassVar[bool] = True
+    """Whether text may hold NUL characters (PostgreSQL's may not)."""
+
     binds_arrays: ClassVar[bool] = False
     """Whether a list binds as one array parameter (``col = ANY(%s)``), cheaper than a long ``IN``."""
 

@@ -187,6 +187,7 @@ class PostgreSQL(Dialect):
     # -- sync: change capture (issue 5) -----------------------------------------------------
 
     binds_arrays: ClassVar[bool] = True
+    stores_nul: ClassVar[bool] = False
 
     def gid_type(self) -> sa.types.TypeEngine[str]:
         return sa.String(32, collation="C")

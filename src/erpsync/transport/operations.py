@@ -144,8 +144,8 @@ class Operations:
 
     def apply(self, request: wire.ApplyIn) -> wire.ApplyOut:
         """Apply a batch: idempotent by batch id, so a retried request changes nothing more."""
-        batch = wire.read_batch(request.batch)
         peer = self._peer()
+        batch = wire.read_batch(request.batch, nul=peer.node.dialect.stores_nul)
         wire.check_fits(batch, peer.node.table(batch.table))
         result = peer.apply(
             batch,

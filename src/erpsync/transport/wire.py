@@ -369,18 +369,20 @@ _VALUE_TYPES = frozenset({str, int, float, bool, Decimal, datetime, date, time, 
 _INT64 = 2**63
 
 
-def read_batch(text: str | bytes) -> Batch:
+def read_batch(text: str | bytes, *, nul: bool = False) -> Batch:
     """A batch from its text, checked: a malformed one is refused before anything is applied.
 
     ``from_json`` trusts its input (it reads what ``to_json`` wrote); a server
     gets text from the network, so every field is checked for the type and
-    size the apply code and the databases expect.
+    size the apply code and the databases expect. ``nul``: whether the values'
+    text may hold NUL characters (the receiving engine stores them); ids and
+    names never may.
     """
     with no_cycle_collection():
         try:
             data = changeset.loads(text)
             batch = changeset.batch_of(data)
-            problem = _batch_problem(batch, data)
+            problem = _batch_problem(batch, data, nul)
         except (ValueError, KeyError, TypeError, IndexError, AttributeError, ArithmeticError) as exc:
             raise _malformed("the batch is not valid: {reason}", reason=_reason(exc)) from None
     if problem:
@@ -388,7 +390,7 @@ def read_batch(text: str | bytes) -> Batch:
     return batch
 
 
-def _batch_problem(batch: Batch, data: dict[str, Any]) -> str | None:
+def _batch_problem(batch: Batch, data: dict[str, Any], nul: bool) -> str | None:
     """What is wrong with a batch read from the network, if anything.
 
     Checked column by column (types gathered in sets, ranges by min and max),
@@ -431,8 +433,7 @@ def _batch_problem(batch: Batch, data: dict[str, Any]) -> str | None:
     keys = [r.key for r in rows if r.key is not None]
     if 0 in set(map(len, keys)):
         return "a key needs at least one value"
-    texts = [batch.batch_id, batch.source, batch.table, batch.sync_id, *batch.columns]
-    texts += [*batch.names, *batch.names.values(), *gids]
+    texts: list[str] = []
     for column in [*zip(*values, strict=True), list(_flat(keys))]:
         if not _plain(column, texts):
             return "values must be text, numbers, dates, times, bytes or null"
@@ -441,12 +442,15 @@ def _batch_problem(batch: Batch, data: dict[str, Any]) -> str | None:
         return "clocks must name nodes by id"
     if not _int64s(_clock_values(data), signed=False):
         return "clocks must be whole numbers"
-    joined = "".join([*texts, *nodes])
+    names = "".join([batch.batch_id, batch.source, batch.table, batch.sync_id, *batch.columns])
+    names += "".join([*batch.names, *batch.names.values(), *gids, *nodes])
+    stored = "".join(texts)
     try:
-        joined.encode()
+        names.encode()
+        stored.encode()
     except UnicodeEncodeError:  # a lone surrogate ("\ud800"): valid JSON, not storable text
         return "text must be valid Unicode"
-    if "\x00" in joined:
+    if "\x00" in names or (not nul and "\x00" in stored):
         return "text must not hold NUL characters"
     return None
 
