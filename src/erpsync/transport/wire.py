@@ -433,24 +433,24 @@ def _batch_problem(batch: Batch, data: dict[str, Any], nul: bool) -> str | None:
     keys = [r.key for r in rows if r.key is not None]
     if 0 in set(map(len, keys)):
         return "a key needs at least one value"
-    texts: list[str] = []
+    value_texts: list[str] = []
     for column in [*zip(*values, strict=True), list(_flat(keys))]:
-        if not _plain(column, texts):
+        if not _plain(column, value_texts):
             return "values must be text, numbers, dates, times, bytes or null"
     nodes = data["nodes"]
     if type(nodes) is not list or set(map(type, nodes)) - {str} or any(len(n) > 36 for n in nodes):
         return "clocks must name nodes by id"
     if not _int64s(_clock_values(data), signed=False):
         return "clocks must be whole numbers"
-    names = "".join([batch.batch_id, batch.source, batch.table, batch.sync_id, *batch.columns])
-    names += "".join([*batch.names, *batch.names.values(), *gids, *nodes])
-    stored = "".join(texts)
+    names = [batch.batch_id, batch.source, batch.table, batch.sync_id, *batch.columns]
+    names += [*batch.names, *batch.names.values(), *gids, *nodes]
+    ids, stored = "".join(names), "".join(value_texts)
     try:
-        names.encode()
+        ids.encode()
         stored.encode()
     except UnicodeEncodeError:  # a lone surrogate ("\ud800"): valid JSON, not storable text
         return "text must be valid Unicode"
-    if "\x00" in names or (not nul and "\x00" in stored):
+    if "\x00" in ids or (not nul and "\x00" in stored):
         return "text must not hold NUL characters"
     return None
 
