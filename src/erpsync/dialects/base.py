@@ -390,11 +390,13 @@ def fetch_columns(conn: Connection, statement: sa.Select[Any]) -> dict[str, Sequ
         described = result.cursor.description
     finally:
         result.close()
-    columns: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [()] * len(keys)
+    if not rows:
+        return dict.fromkeys(keys, ())
+    columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
     dialect = conn.dialect
     for i, (column, description) in enumerate(zip(statement.selected_columns, described, strict=True)):
         process = column.type.dialect_impl(dialect).result_processor(dialect, description[1])
-        if process and rows:
+        if process:
             columns[i] = list(map(process, columns[i]))
     return dict(zip(keys, columns, strict=True))
 

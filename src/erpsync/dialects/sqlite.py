@@ -76,7 +76,7 @@ class SQLite(Dialect):
             return 0
         width = len(columns)
         per = max(1, self.max_values // width)
-        whole = len(batch) - len(batch) % per if per > 1 else 0
+        whole = len(batch) - len(batch) % per
         target = column_list(conn, table, columns)
         if whole:
             values = list(chain.from_iterable(batch[:whole]))

@@ -271,8 +271,11 @@ def _changes(
     base = _stamps(columns["bh"], columns["bn"], ids, _NO_CLOCK)
     slots = clock_slots(width)
     clocks = [(b,) * slots for b in base]
-    stamped = [(i, _stamps(columns[f"c{i}"], columns[f"n{i}"], ids, None)) for i in range(width)]
-    stamped = [(i, column) for i, column in stamped if column.count(None) < n]
+    stamped = [
+        (i, _stamps(columns[f"c{i}"], columns[f"n{i}"], ids, None))
+        for i in range(width)
+        if columns[f"c{i}"].count(None) < n  # a column written since the row was
+    ]
     for j in sorted({j for _, column in stamped for j, stamp in enumerate(column) if stamp is not None}):
         own = {i: column[j] for i, column in stamped}
         clocks[j] = tuple(own.get(i) or base[j] for i in range(width))
