@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from erpsync.cli import cli
+from erpsync.i18n import set_language, tr
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -32,6 +35,44 @@ def test_init_fill_summary_on_a_new_sqlite_file(tmp_path: Path) -> None:
     assert "tb_LigneCommande" in out and "Total excl. tax (sum of MontantHT)" in out
     code, out, _ = run("--lang", "fr", "db", "summary", db)
     assert code == 0 and f"Contenu de {db}" in out and "Total HT (somme des MontantHT)" in out
+
+
+def test_numbers_are_written_as_each_language_writes_them(tmp_path: Path) -> None:
+    """12,345.67 in English; 12 345,67 in French, where a comma is the decimal point."""
+    db = str(tmp_path / "demo.sqlite")
+    assert run("--lang", "en", "db", "init", db)[0] == 0
+    assert run("--lang", "en", "db", "fill", db, "--scale", "1", "--seed", "1")[0] == 0
+    with sqlite3.connect(db) as conn:
+        lines = conn.execute("SELECT COUNT(*) FROM tb_LigneCommande").fetchone()[0]
+        total = conn.execute("SELECT printf('%.2f', SUM(MontantHT)) FROM tb_Commande").fetchone()[0]
+    units, cents = total.split(".")
+    assert lines >= 1000 and int(units) >= 1000
+    code, out, _ = run("--lang", "en", "db", "summary", db)
+    assert code == 0 and f"{lines:,}" in out and f"{int(units):,}.{cents}" in out
+    code, out, _ = run("--lang", "fr", "db", "summary", db)
+    nbsp = "\u00a0"
+    assert code == 0 and f"{lines:,}".replace(",", nbsp) in out
+    assert f"{int(units):,}".replace(",", nbsp) + f",{cents}" in out
+    assert f"{lines:,}" not in out
+
+
+def test_messages_write_their_numbers_in_the_language() -> None:
+    backup = "Backup {file} made ({method}, {rows:,} rows)."
+    done = "Done in {seconds:.1f} s, {batches} batches."
+    try:
+        set_language("en")
+        assert (
+            tr(backup, file="a.db", method="copy", rows=1234567) == "Backup a.db made (copy, 1,234,567 rows)."
+        )
+        assert tr(done, seconds=0.61, batches=1200) == "Done in 0.6 s, 1200 batches."
+        set_language("fr")
+        assert tr(backup, file="a.db", method="copy", rows=1234567) == (
+            "Sauvegarde a.db faite (copy, 1\u00a0234\u00a0567 lignes)."
+        )
+        assert tr(done, seconds=0.61, batches=1200) == "Terminé en 0,6 s, 1200 lots."
+        assert tr("unknown level {level!r}", level=Decimal("2.5")) == "niveau inconnu Decimal('2.5')"
+    finally:
+        set_language(None)
 
 
 def test_error_is_one_line_with_a_hint_and_exit_1(tmp_path: Path) -> None:

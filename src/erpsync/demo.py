@@ -23,7 +23,7 @@ from erpsync.config import ClientConfig, Config, NodeConfig, PeerConfig, ServeCo
 from erpsync.db import Database, open_database
 from erpsync.errors import InvalidArgument
 from erpsync.fill import fill
-from erpsync.i18n import tr
+from erpsync.i18n import number, tr
 from erpsync.schema import init_schema
 from erpsync.sync.node import init_node
 from erpsync.sync.session import SyncSummary, sync
@@ -111,8 +111,8 @@ def _set_up(dbs: dict[str, Database], narrate: Narrator) -> None:
         tr(
             "{hub}, the online server, holds the company's data: {rows} rows ({detail}).",
             hub=HUB,
-            rows=f"{sum(filled.rows.values()):,}",
-            detail=", ".join(f"{t} {n:,}" for t, n in filled.rows.items() if n),
+            rows=number(sum(filled.rows.values())),
+            detail=", ".join(f"{t} {number(n)}" for t, n in filled.rows.items() if n),
         ),
         None,
     )

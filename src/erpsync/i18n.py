@@ -4,14 +4,19 @@ English strings are the message ids (as with gettext): code writes
 ``tr("Database {name} created.", name="erp")`` and gets French when the language is French.
 The language comes from ``set_language`` (the CLI's ``--lang``) or from the
 ``LANG`` / ``LC_ALL`` environment variables, as users on Windows and Linux
-expect.
+expect. Numbers follow the language too: 12,345.5 in English, 12 345,5 in French.
 """
 
 from __future__ import annotations
 
 import os
+from decimal import Decimal
+from typing import TypeGuard
 
 _language: str | None = None
+
+# a no-break space groups thousands: French typography, and every Windows code page has it
+_FRENCH_DIGITS = str.maketrans({",": "\u00a0", ".": ","})
 
 FRENCH: dict[str, str] = {
     # CLI frame
@@ -579,6 +584,38 @@ def language() -> str:
 
 
 def tr(message: str, /, **params: object) -> str:
-    """The message in the current language, with its ``{placeholders}`` filled in."""
-    template = FRENCH.get(message, message) if language() == "fr" else message
-    return template.format(**params) if params else template
+    """The message in the current language, with its ``{placeholders}`` filled in (numbers as
+    ``number`` writes them: ``{rows:,}`` gives 12,345 or 12 345)."""
+    if language() != "fr":
+        return message.format(**params) if params else message
+    template = FRENCH.get(message, message)
+    if not params:
+        return template
+    return template.format(**{k: _French(v) if _is_number(v) else v for k, v in params.items()})
+
+
+def number(value: int | float | Decimal, spec: str = ",") -> str:
+    """``value`` formatted by ``spec`` (thousands grouped by default) as the current language
+    writes numbers: 12,345.67 in English, 12 345,67 in French."""
+    text = format(value, spec)
+    return text.translate(_FRENCH_DIGITS) if language() == "fr" else text
+
+
+def _is_number(value: object) -> TypeGuard[int | float | Decimal]:
+    return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
+
+
+class _French:
+    """A number in a French message: formatted by its placeholder's spec, French separators."""
+
+    def __init__(self, value: int | float | Decimal) -> None:
+        self.value = value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec).translate(_FRENCH_DIGITS)
+
+    def __str__(self) -> str:
+        return format(self, "")
+
+    def __repr__(self) -> str:
+        return repr(self.value)

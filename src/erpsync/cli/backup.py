@@ -17,7 +17,7 @@ from erpsync.backup import (
 )
 from erpsync.cli.output import DB_ARGUMENT, console
 from erpsync.db import open_database
-from erpsync.i18n import tr
+from erpsync.i18n import number, tr
 
 FOLDER = click.option(
     "--folder",
@@ -65,7 +65,7 @@ def list_command(db: str, folder: Path | None) -> None:
             item.file,
             f"{item.created:%Y-%m-%d %H:%M:%S}",
             item.method,
-            f"{sum(item.rows.values()):,}",
+            number(sum(item.rows.values())),
             tr(item.reason),
         )
     console.print(table)

@@ -10,7 +10,7 @@ from rich.table import Table
 from erpsync.cli.output import DB_ARGUMENT, console, progress_bar
 from erpsync.db import Database, create_server_database, display, open_database, parse_url
 from erpsync.fill import fill
-from erpsync.i18n import tr
+from erpsync.i18n import number, tr
 from erpsync.schema import init_schema
 from erpsync.summary import summarize
 
@@ -93,7 +93,7 @@ def print_summary(database: Database) -> None:
     table.add_column(tr("Table"))
     table.add_column(tr("Rows"), justify="right")
     for name, count in result.rows.items():
-        table.add_row(name, f"{count:,}")
+        table.add_row(name, number(count))
     table.add_section()
-    table.add_row(tr("Total excl. tax (sum of MontantHT)"), f"{result.total_ht:,.2f}")
+    table.add_row(tr("Total excl. tax (sum of MontantHT)"), number(result.total_ht, ",.2f"))
     console.print(table)

@@ -19,7 +19,7 @@ from erpsync.duplicate import (
     undo,
 )
 from erpsync.errors import InvalidArgument
-from erpsync.i18n import tr
+from erpsync.i18n import number, tr
 
 
 class _DefaultGroup(click.Group):
@@ -142,7 +142,7 @@ def _print_result(result: DuplicationResult) -> None:
                 else f"{numbers.column} {numbers.first} … {numbers.last}"
             )
         )
-        table.add_row(name, f"{count:,}", shown)
+        table.add_row(name, number(count), shown)
     console.print(table)
     if result.dry_run:
         console.print(tr("Dry run: nothing was written."))
@@ -183,7 +183,7 @@ def undo_command(db: str, run_id: int, force: bool, user: str | None) -> None:
     table.add_column(tr("Table"))
     table.add_column(tr("Rows deleted"), justify="right")
     for name, count in deleted.items():
-        table.add_row(name, f"{count:,}")
+        table.add_row(name, number(count))
     console.print(table)
 
 

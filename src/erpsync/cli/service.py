@@ -17,7 +17,7 @@ from rich.table import Table
 from erpsync import service
 from erpsync.cli.output import console
 from erpsync.config import DEFAULT_PATH
-from erpsync.i18n import tr
+from erpsync.i18n import number, tr
 
 NOT_RUNNING = 3
 """Exit status of ``service status`` when the service does not run (as ``systemctl status``)."""
@@ -53,15 +53,15 @@ def _ctrl_c(stop: threading.Event, say: Callable[[str], None]) -> Iterator[None]
         signals.append(signal.SIGBREAK)
     previous: dict[int, Any] = {}
     try:
-        for number in signals:
-            previous[number] = signal.signal(number, handler)
+        for signum in signals:
+            previous[signum] = signal.signal(signum, handler)
     except ValueError:  # not the main thread (embedded): Ctrl-C stays a KeyboardInterrupt
         pass
     try:
         yield
     finally:
-        for number, old in previous.items():
-            signal.signal(number, old)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 @service_group.command("run")
@@ -147,8 +147,8 @@ def status_command(ctx: click.Context) -> None:
                 tr(peer.result) if peer.result else "-",
                 service.shown(peer.last_try),
                 service.shown(peer.last_ok),
-                f"{peer.received:,}",
-                f"{peer.sent:,}",
+                number(peer.received),
+                number(peer.sent),
                 str(peer.failures),
                 service.shown(peer.retry_at),
             )

@@ -14,7 +14,7 @@ from erpsync.cli.service import config_path
 from erpsync.config import Config, load_config
 from erpsync.db import open_database
 from erpsync.errors import InvalidArgument, NotFound
-from erpsync.i18n import tr
+from erpsync.i18n import number, tr
 from erpsync.status import PeerCheck, check_peer, node_report
 from erpsync.transport import PeerAddress
 
@@ -57,7 +57,7 @@ def status_command(ctx: click.Context, db: str | None) -> None:
     grid.add_column()
     grid.add_row(tr("Node id"), report.node_id)
     grid.add_row(tr("Database"), report.database)
-    pending = ", ".join(f"{t} {n:,}" for t, n in report.pending.items())
+    pending = ", ".join(f"{t} {number(n)}" for t, n in report.pending.items())
     grid.add_row(tr("Changed here since the last sync"), pending or tr("nothing"))
     grid.add_row(tr("Open conflicts"), str(report.open_conflicts))
     last = report.last_backup
@@ -84,8 +84,8 @@ def status_command(ctx: click.Context, db: str | None) -> None:
             table.add_row(
                 peer.name,
                 f"{peer.when:%Y-%m-%d %H:%M:%S}" if peer.when else "-",
-                "-" if peer.received is None else f"{peer.received:,}",
-                "-" if peer.sent is None else f"{peer.sent:,}",
+                "-" if peer.received is None else number(peer.received),
+                "-" if peer.sent is None else number(peer.sent),
                 tr(peer.result) if peer.result else "-",
             )
         console.print(table)

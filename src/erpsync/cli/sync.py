@@ -13,7 +13,7 @@ from rich.table import Table
 from erpsync.cli.output import DB_ARGUMENT, console, progress_bar, resolve_database, resolve_peer
 from erpsync.config import DEFAULT_PATH, BackupConfig, load_config
 from erpsync.db import open_database
-from erpsync.i18n import tr
+from erpsync.i18n import number, tr
 from erpsync.sync import conflicts as conflict_store
 from erpsync.sync.adopt import adopt
 from erpsync.sync.history import SyncRecord, recent
@@ -94,8 +94,8 @@ def node_init(
                     db=database.name,
                     name=result.name,
                     peer=result.peer,
-                    paired=f"{result.paired:,}",
-                    new=f"{result.own:,}",
+                    paired=number(result.paired),
+                    new=number(result.own),
                 )
             )
             return
@@ -104,7 +104,7 @@ def node_init(
         console.print(tr("{db} is now sync node {name}.", db=database.name, name=report.name))
     else:
         console.print(tr("Node {name} on {db} is up to date.", db=database.name, name=report.name))
-    synced = ", ".join(f"{t} ({n:,})" for t, n in report.registered.items())
+    synced = ", ".join(f"{t} ({number(n)})" for t, n in report.registered.items())
     console.print(tr("Synced tables (rows given a global id now): {tables}", tables=synced or "-"))
     if report.skipped:
         console.print(tr("Left out, no primary key: {tables}", tables=", ".join(report.skipped)))
@@ -133,7 +133,7 @@ def node_status_command(db: str) -> None:
         table.add_column(tr(title))
     for row in status.tables:
         table.add_row(
-            row.name, f"{row.rows:,}", row.policy, ", ".join(f"{c}={p}" for c, p in row.columns.items())
+            row.name, number(row.rows), row.policy, ", ".join(f"{c}={p}" for c, p in row.columns.items())
         )
     console.print(table)
     for peer in status.peers:
@@ -202,11 +202,11 @@ def print_summary(summary: SyncSummary, db: str) -> None:
         if counts.received or counts.sent or counts.conflicts:
             table.add_row(
                 name,
-                f"{counts.received:,}",
-                f"{counts.sent:,}",
-                f"{counts.conflicts:,}",
-                f"{counts.renumbered:,}",
-                f"{counts.restored:,}",
+                number(counts.received),
+                number(counts.sent),
+                number(counts.conflicts),
+                number(counts.renumbered),
+                number(counts.restored),
             )
     console.print(table)
     console.print(
@@ -311,9 +311,9 @@ def sync_history(db: str, limit: int) -> None:
                 when=f"{record.started:%Y-%m-%d %H:%M:%S}",
                 direction=_direction(record.direction),
                 peer=record.peer_name or record.peer_id or "-",
-                received=f"{record.received:,}",
-                sent=f"{record.sent:,}",
-                changed=f"{record.changed:,}",
+                received=number(record.received),
+                sent=number(record.sent),
+                changed=number(record.changed),
                 result=_result(record),
             ),
             markup=False,
@@ -493,8 +493,8 @@ def print_verify(report: VerifyReport) -> None:
     for name, diff in report.tables.items():
         table.add_row(
             name,
-            f"{diff.rows_here:,}",
-            f"{diff.rows_there:,}",
+            number(diff.rows_here),
+            number(diff.rows_there),
             str(len(diff.only_here)),
             str(len(diff.only_there)),
             str(len(diff.different)),

@@ -10,7 +10,7 @@ from rich.table import Table
 from erpsync.cli.output import DB_ARGUMENT, console, progress_bar
 from erpsync.db import open_database
 from erpsync.export import FORMATS, export_database, import_database
-from erpsync.i18n import tr
+from erpsync.i18n import number, tr
 
 
 @click.command("export")
@@ -33,7 +33,7 @@ def export_command(db: str, out: Path, fmt: str) -> None:
     table.add_column(tr("Rows"), justify="right")
     table.add_column(tr("File"))
     for entry in manifest.tables:
-        table.add_row(entry.name, f"{entry.rows:,}", entry.file)
+        table.add_row(entry.name, number(entry.rows), entry.file)
     console.print(table)
 
 
@@ -63,11 +63,11 @@ def import_command(folder: Path, db: str, mode: str) -> None:
         table.add_column(tr("Not added: their parent differs"), justify="right")
     for name, added in report.added.items():
         extra = [
-            f"{report.identical.get(name, 0):,}",
-            f"{len(report.differing.get(name, [])):,}",
-            f"{len(report.orphaned.get(name, [])):,}",
+            number(report.identical.get(name, 0)),
+            number(len(report.differing.get(name, []))),
+            number(len(report.orphaned.get(name, []))),
         ]
-        table.add_row(name, f"{added:,}", *(extra if mode == "merge" else []))
+        table.add_row(name, number(added), *(extra if mode == "merge" else []))
     console.print(table)
     for name, keys in report.differing.items():
         shown = ", ".join(str(k[0] if len(k) == 1 else tuple(k)) for k in keys[:20])
