@@ -74,6 +74,17 @@ def test_status_shows_pending_changes_last_syncs_conflicts_and_the_last_backup(t
         assert code == 0 and "Conflits ouverts" in out and "Dernière synchronisation avec chaque nœud" in out
 
 
+def test_status_lists_the_peers_this_node_synced_with_not_those_it_heard_of(tmp_path: Path) -> None:
+    with nodes(tmp_path, "sqlite", "sqlite", "sqlite", scale=1, seed=23) as (hub, pc1, pc2):
+        sync(pc1, hub)
+        sync(pc2, hub)
+        execute(pc2, "UPDATE tb_Client SET Email = 'pc2@example.fr' WHERE id = 1")
+        sync(pc2, hub)
+        assert sync(pc1, hub).received == 1  # pc2's edit, through the hub: pc1 knows pc2, never met it
+        assert [p.name for p in node_report(pc1).peers] == ["pc1"]  # the hub (the first node created)
+        assert [p.name for p in node_report(hub).peers] == ["pc2", "pc3"]
+
+
 def test_status_without_a_database_or_configuration_says_what_to_do(tmp_path: Path) -> None:
     code, out = run_cli("--lang", "en", "--config", str(tmp_path / "absent.toml"), "status")
     assert code == 1

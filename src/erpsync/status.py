@@ -97,8 +97,10 @@ def node_report(db: Database, *, backup_folder: Path | None = None, history_rows
                 record.message,
                 record.direction,
             )
-    for row in known:  # nodes met before the history existed, or only through a shared folder
-        if row.node_id not in peers:
+    # nodes met before the history existed, or only through a shared folder; not those whose
+    # changes only came relayed by a peer: this node never synced with them
+    for row in known:
+        if row.node_id not in peers and row.last_sync is not None:
             when = _parse(row.last_sync)
             peers[row.node_id] = PeerSync(row.name or row.node_id[:8], when)
     folder = Path(backup_folder) if backup_folder else default_folder(db)
