@@ -195,7 +195,7 @@ def test_the_cli_backs_up_before_sync_as_erpsync_toml_says(
             add_client(peer, 100 + n, f"CLI-{n}", "Client")
             result = CliRunner().invoke(cli, ["--lang", "en", "pull", "pc2", a])
             assert result.exit_code == 0, result.stderr
-            assert f"Backup taken before the sync: saved{os.sep}" in result.stdout
+            assert f"Backup taken before the sync: {tmp_path / 'saved'}{os.sep}" in result.stdout
         assert len(list_backups(tmp_path / "saved")) == 1  # keep_last = 1
         add_client(peer, 103, "CLI-3", "Client")
         result = CliRunner().invoke(cli, ["--lang", "en", "sync", "pc2", a, "--no-backup"])

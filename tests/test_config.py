@@ -144,16 +144,51 @@ def test_a_hubs_clients_give_their_tokens_to_serve_without_being_peers(
     assert unset == [("PC3", "ABSENT_PC3")]
     path = tmp_path / "erpsync.toml"
     path.write_text(to_toml(config), encoding="utf-8")
-    assert load_config(path) == config
+    assert load_config(path) == config.beside(tmp_path)
+    assert load_config(path).node.database == str(tmp_path / "hub.sqlite")
     hub = Config(
         node=NodeConfig(name="SERVEUR", database="hub.sqlite"),
         serve=ServeConfig(clients=[ClientConfig(name="PC1", token="s")]),
         peers=[PeerConfig(name="srv2", url="ssh://erp@srv2/SERVEUR")],
     )
     path.write_text(to_toml(hub), encoding="utf-8")
-    assert load_config(path) == hub and "[serve]" not in path.read_text()
+    assert load_config(path) == hub.beside(tmp_path) and "[serve]" not in path.read_text()
     with pytest.raises(ConfigInvalid, match=r"peers\[0\]\.url: must be ssh://user@host"):
         validate({**base, "peers": [{"name": "s", "url": "ssh://erp@srv2"}]}, "x")
+
+
+def test_relative_paths_are_relative_to_the_files_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service started elsewhere (Task Scheduler starts in System32) finds the same files."""
+    folder = tmp_path / "ERP"
+    folder.mkdir()
+    path = folder / "erpsync.toml"
+    path.write_text(
+        '[node]\nname = "PC1"\ndatabase = "data/erp.sqlite"\n'
+        '[[peers]]\nname = "copie"\nurl = "sqlite:///copie.sqlite"\n'
+        '[[peers]]\nname = "serveur"\nurl = "http://serveur:8765"\n'
+        '[[peers]]\nname = "base"\nurl = "mysql+pymysql://erp@serveur/erp"\n'
+        '[backup]\nfolder = "sauvegardes"\n'
+        '[serve]\ncert = "tls/cert.pem"\nkey = "/etc/erp/key.pem"\n',
+        encoding="utf-8",
+    )
+    monkeypatch.chdir(tmp_path)
+    config = load_config(Path("ERP") / "erpsync.toml")
+    assert config.node.database == str(folder / "data" / "erp.sqlite")
+    assert [p.url for p in config.peers] == [
+        f"sqlite:///{folder / 'copie.sqlite'}",
+        "http://serveur:8765",
+        "mysql+pymysql://erp@serveur/erp",
+    ]
+    assert config.backup.folder == str(folder / "sauvegardes")
+    assert (config.serve.cert, config.serve.key) == (str(folder / "tls" / "cert.pem"), "/etc/erp/key.pem")
+    elsewhere = folder / "data"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # anywhere but the file's folder
+    result = CliRunner().invoke(cli, ["--lang", "en", "--config", str(path), "db", "init", "PC1"])
+    assert result.exit_code == 0, result.output
+    assert (folder / "data" / "erp.sqlite").exists() and not (elsewhere / "data").exists()
 
 
 def test_toml_syntax_errors_and_missing_files(tmp_path: Path) -> None:

@@ -4,7 +4,10 @@ Validated with pydantic; every wrong field is reported at once, one per line
 of the message, naming the field and what is expected. Tokens may be written
 in the file or, better, read from an environment variable (``token_env``).
 The old formats of the scripts erpsync replaces (``network_config.json``,
-``erp_launcher_config.json``) are read by ``import_legacy``.
+``erp_launcher_config.json``) are read by ``import_legacy``. A relative path in
+the file (a SQLite database, the backup folder, a certificate) is relative to
+the file's folder, not to where the command runs: a service started by the
+Task Scheduler or systemd finds the same files as the user in a terminal.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from erpsync.errors import ErpSyncError, InvalidArgument, NotFound
 from erpsync.sync.policies import POLICIES
@@ -184,6 +189,21 @@ class Config(_Model):
                 unset.append((entry.name, entry.token_env))
         return tokens, unset
 
+    def beside(self, folder: Path) -> Config:
+        """The configuration with its relative paths made relative to ``folder`` (the file's)."""
+        serve = self.serve.model_copy(
+            update={"cert": _beside(folder, self.serve.cert), "key": _beside(folder, self.serve.key)}
+        )
+        database = _database_beside(folder, self.node.database)
+        return self.model_copy(
+            update={
+                "node": self.node.model_copy(update={"database": database}),
+                "peers": [p.model_copy(update={"url": _database_beside(folder, p.url)}) for p in self.peers],
+                "backup": self.backup.model_copy(update={"folder": _beside(folder, self.backup.folder)}),
+                "serve": serve,
+            }
+        )
+
     def peer(self, name: str) -> PeerConfig:
         """The peer called ``name`` (case-insensitive)."""
         for peer in self.peers:
@@ -197,8 +217,28 @@ class Config(_Model):
         )
 
 
+def _beside(folder: Path, path: str | None) -> str | None:
+    """``path`` relative to ``folder`` when it is relative (a Windows path with a drive is not)."""
+    if path is None or Path(path).is_absolute() or PureWindowsPath(path).is_absolute():
+        return path
+    return str(folder / path)
+
+
+def _database_beside(folder: Path, database: str) -> str:
+    """A SQLite file given by a relative path or URL, relative to ``folder``; any other address as is."""
+    if "://" not in database:
+        return _beside(folder, database) or database
+    try:
+        url = make_url(database)
+    except ArgumentError:  # not a database URL (a peer over HTTP, SSH, a folder) or a wrong one
+        return database
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return database
+    return url.set(database=_beside(folder, url.database)).render_as_string(hide_password=False)
+
+
 def load_config(path: Path = DEFAULT_PATH) -> Config:
-    """Read and validate a configuration file."""
+    """Read and validate a configuration file; its relative paths are relative to its folder."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -210,7 +250,7 @@ def load_config(path: Path = DEFAULT_PATH) -> Config:
         raise ConfigInvalid(
             "{path} is not valid TOML: {reason}", "fix the line it names", path=str(path), reason=str(exc)
         ) from None
-    return validate(data, str(path))
+    return validate(data, str(path)).beside(path.absolute().parent)
 
 
 def validate(data: dict[str, Any], origin: str) -> Config:

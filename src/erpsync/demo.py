@@ -248,12 +248,12 @@ def _write_configs(folder: Path, paths: dict[str, Path], tokens: dict[str, str])
     hub_url = "http://127.0.0.1:8765"
     configs = {
         HUB: Config(
-            node=NodeConfig(name=HUB, database=str(paths[HUB])),
+            node=NodeConfig(name=HUB, database=paths[HUB].name),  # beside its erpsync.toml
             serve=ServeConfig(clients=[ClientConfig(name=pc, token=tokens[pc]) for pc in (PC1, PC2)]),
         ),
         **{
             pc: Config(
-                node=NodeConfig(name=pc, database=str(paths[pc])),
+                node=NodeConfig(name=pc, database=paths[pc].name),
                 peers=[PeerConfig(name=HUB, url=hub_url, token=tokens[pc])],
             )
             for pc in (PC1, PC2)
