@@ -586,12 +586,10 @@ def language() -> str:
 def tr(message: str, /, **params: object) -> str:
     """The message in the current language, with its ``{placeholders}`` filled in (numbers as
     ``number`` writes them: ``{rows:,}`` gives 12,345 or 12 345)."""
-    if language() != "fr":
-        return message.format(**params) if params else message
-    template = FRENCH.get(message, message)
+    template = FRENCH.get(message, message) if language() == "fr" else message
     if not params:
         return template
-    return template.format(**{k: _French(v) if _is_number(v) else v for k, v in params.items()})
+    return template.format(**{k: _Number(v) if _is_number(v) else v for k, v in params.items()})
 
 
 def number(value: int | float | Decimal, spec: str = ",") -> str:
@@ -605,14 +603,14 @@ def _is_number(value: object) -> TypeGuard[int | float | Decimal]:
     return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
 
 
-class _French:
-    """A number in a French message: formatted by its placeholder's spec, French separators."""
+class _Number:
+    """A number in a message: formatted by its placeholder's spec, as ``number`` writes it."""
 
     def __init__(self, value: int | float | Decimal) -> None:
         self.value = value
 
     def __format__(self, spec: str) -> str:
-        return format(self.value, spec).translate(_FRENCH_DIGITS)
+        return number(self.value, spec)
 
     def __str__(self) -> str:
         return format(self, "")
