@@ -169,11 +169,13 @@ def test_relative_paths_are_relative_to_the_files_folder(
         '[[peers]]\nname = "copie"\nurl = "sqlite:///copie.sqlite"\n'
         '[[peers]]\nname = "serveur"\nurl = "http://serveur:8765"\n'
         '[[peers]]\nname = "base"\nurl = "mysql+pymysql://erp@serveur/erp"\n'
-        '[backup]\nfolder = "sauvegardes"\n'
+        '[backup]\nfolder = "~/sauvegardes"\n'
         '[serve]\ncert = "tls/cert.pem"\nkey = "/etc/erp/key.pem"\n',
         encoding="utf-8",
     )
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("USERPROFILE", str(tmp_path / "home"))
     config = load_config(Path("ERP") / "erpsync.toml")
     assert config.node.database == str(folder / "data" / "erp.sqlite")
     assert [p.url for p in config.peers] == [
@@ -181,7 +183,7 @@ def test_relative_paths_are_relative_to_the_files_folder(
         "http://serveur:8765",
         "mysql+pymysql://erp@serveur/erp",
     ]
-    assert config.backup.folder == str(folder / "sauvegardes")
+    assert config.backup.folder == str(tmp_path / "home" / "sauvegardes")  # ~ is the user's folder
     assert (config.serve.cert, config.serve.key) == (str(folder / "tls" / "cert.pem"), "/etc/erp/key.pem")
     elsewhere = folder / "data"
     elsewhere.mkdir()

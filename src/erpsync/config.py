@@ -20,10 +20,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
-from erpsync.errors import ErpSyncError, InvalidArgument, NotFound
+from erpsync.db import parse_url
+from erpsync.errors import BadUrl, ErpSyncError, InvalidArgument, NotFound
 from erpsync.sync.policies import POLICIES
 
 DEFAULT_PATH = Path("erpsync.toml")
@@ -218,23 +217,24 @@ class Config(_Model):
 
 
 def _beside(folder: Path, path: str | None) -> str | None:
-    """``path`` relative to ``folder`` when it is relative (a Windows path with a drive is not)."""
-    if path is None or Path(path).is_absolute() or PureWindowsPath(path).is_absolute():
-        return path
-    return str(folder / path)
+    """``path`` (``~`` expanded) relative to ``folder`` when it is relative; a Windows path with a
+    drive is not, on any system."""
+    if path is None:
+        return None
+    path = str(Path(path).expanduser())
+    return path if Path(path).is_absolute() or PureWindowsPath(path).is_absolute() else str(folder / path)
 
 
 def _database_beside(folder: Path, database: str) -> str:
-    """A SQLite file given by a relative path or URL, relative to ``folder``; any other address as is."""
-    if "://" not in database:
-        return _beside(folder, database) or database
+    """A SQLite file named by a relative path or URL, made relative to ``folder``; any other address as is."""
     try:
-        url = make_url(database)
-    except ArgumentError:  # not a database URL (a peer over HTTP, SSH, a folder) or a wrong one
+        url = parse_url(database)
+    except BadUrl:  # left for open_database to refuse when it is used
         return database
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return database
-    return url.set(database=_beside(folder, url.database)).render_as_string(hide_password=False)
+    path = _beside(folder, url.database)
+    return url.set(database=path).render_as_string(hide_password=False) if "://" in database else str(path)
 
 
 def load_config(path: Path = DEFAULT_PATH) -> Config:
